@@ -1,0 +1,5 @@
+import sys
+
+from kvs_ingest.cli import main
+
+sys.exit(main())
