@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
 
-    kvs_backend: KvsBackend | None = None  # None: AWS when an endpoint/region says so, else embedded
+    kvs_backend: KvsBackend | None = (
+        None  # None: AWS when an endpoint/region says so, else embedded
+    )
     kvs_endpoint_url: str | None = None
     embedded_data_dir: Path = Path(".kvs-data")
     stream_name_template: str = "session-{session_id}"
