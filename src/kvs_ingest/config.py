@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(30.0, gt=0)
     endpoint_cache_seconds: float = Field(45 * 60.0, gt=0)
     putmedia_rotate_seconds: float = Field(30 * 60.0, gt=0)
+    # A socket that sends no media this long after opening, or goes silent this long, gets 4408.
+    start_timeout_seconds: float = Field(15.0, gt=0)
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    # Audio-rate limit (4429): a bucket of this many seconds of audio, refilled at this multiple
+    # of real time, lets a client catch up after a stall but not stream faster for long.
+    rate_burst_seconds: float = Field(10.0, gt=0)
+    rate_limit_factor: float = Field(1.25, ge=1.0)
 
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.AUTO
