@@ -1,0 +1,84 @@
+"""Decode codec packets with PyAV and resample to 16 kHz mono s16, one segment at a time.
+
+One `AudioDecoder` lives for one segment (one CodecSetup): an FFmpeg decoder context plus an
+`AudioResampler`. Both keep state between packets, so packets from any chunking give the same
+samples. Nothing here reads input or waits: FFmpeg only ever sees whole packets.
+"""
+
+from __future__ import annotations
+
+import av
+import av.error
+import numpy as np
+
+from kvs_ingest.media.errors import MediaError
+from kvs_ingest.media.events import CodecSetup
+from kvs_ingest.media.pcm import SAMPLE_RATE
+
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+class AudioDecoder:
+    """Packets of one segment in, s16le mono 16 kHz bytes out.
+
+    `decode()` for each packet, `flush()` once at the segment's end (returns the tail held in
+    the codec and the resampler). A MediaError leaves the object unusable.
+    """
+
+    def __init__(self, setup: CodecSetup) -> None:
+        self.setup = setup
+        try:
+            ctx = av.CodecContext.create(setup.codec, "r")
+            ctx.sample_rate = setup.sample_rate
+            ctx.layout = _LAYOUTS[setup.channels]
+            if setup.extradata:
+                ctx.extradata = setup.extradata
+            ctx.open()
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(f"cannot open {setup.codec} decoder: {exc}") from None
+        self._ctx = ctx
+        self._resampler = self._new_resampler()
+        self._frame_key: tuple[str, str, int] | None = None
+
+    @staticmethod
+    def _new_resampler() -> av.AudioResampler:
+        return av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+
+    def decode(self, packet: bytes) -> bytes:
+        try:
+            frames = self._ctx.decode(av.Packet(packet))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(f"undecodable {self.setup.codec} packet: {exc}") from None
+        return self._resample(frames)
+
+    def flush(self) -> bytes:
+        """End of segment: drain the codec and the resampler."""
+        try:
+            frames = self._ctx.decode(None)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(f"undecodable {self.setup.codec} tail: {exc}") from None
+        out = self._resample(frames)
+        return out + self._drain_resampler()
+
+    def _drain_resampler(self) -> bytes:
+        return b"".join(_s16(f) for f in self._resampler.resample(None))
+
+    def _resample(self, frames: list[av.AudioFrame]) -> bytes:
+        parts: list[bytes] = []
+        for frame in frames:
+            key = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if key != self._frame_key:
+                if self._frame_key is not None:
+                    # The codec changed its output (e.g. AAC SBR switched on): the resampler
+                    # cannot follow, so drain it and start a new one.
+                    parts.append(self._drain_resampler())
+                    self._resampler = self._new_resampler()
+                self._frame_key = key
+            frame.pts = None  # we count samples ourselves; do not let swr fill pts gaps
+            parts.extend(_s16(f) for f in self._resampler.resample(frame))
+        return b"".join(parts)
+
+
+def _s16(frame: av.AudioFrame) -> bytes:
+    data: np.ndarray = frame.to_ndarray()
+    return data.tobytes()
