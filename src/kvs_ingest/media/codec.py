@@ -44,11 +44,14 @@ class AudioDecoder:
     def _new_resampler() -> av.AudioResampler:
         return av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
 
-    def decode(self, packet: bytes) -> bytes:
+    def decode(self, packet: bytes, discard: int = 0) -> bytes:
+        """Decode one packet; drop `discard` samples (codec rate) from the end of its output."""
         try:
             frames = self._ctx.decode(av.Packet(packet))
         except (av.error.FFmpegError, ValueError) as exc:
             raise MediaError(f"undecodable {self.setup.codec} packet: {exc}") from None
+        if discard and frames:
+            frames = _trim_end(frames, discard)
         return self._resample(frames)
 
     def flush(self) -> bytes:
@@ -77,6 +80,25 @@ class AudioDecoder:
             frame.pts = None  # we count samples ourselves; do not let swr fill pts gaps
             parts.extend(_s16(f) for f in self._resampler.resample(frame))
         return b"".join(parts)
+
+
+def _trim_end(frames: list[av.AudioFrame], discard: int) -> list[av.AudioFrame]:
+    """The frames without their last `discard` samples (end-of-stream padding)."""
+    out = list(frames)
+    while discard and out:
+        last = out.pop()
+        keep = last.samples - discard
+        discard = max(0, -keep)
+        if keep > 0:
+            data = last.to_ndarray()
+            planar = last.format.is_planar
+            data = data[:, :keep] if planar else data[:, : keep * len(last.layout.channels)]
+            trimmed = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data), format=last.format.name, layout=last.layout.name
+            )
+            trimmed.sample_rate = last.sample_rate
+            out.append(trimmed)
+    return out
 
 
 def _s16(frame: av.AudioFrame) -> bytes:

@@ -141,7 +141,7 @@ class StreamDecoder:
             if type(event) is AudioPacket:
                 if self._codec is None:
                     raise MediaError("audio before its codec was described")
-                parts.append(self._codec.decode(event.data))
+                parts.append(self._codec.decode(event.data, event.discard))
             elif type(event) is CodecSetup:
                 if self._codec is not None:
                     parts.append(self._codec.flush())  # the old recorder's tail

@@ -60,9 +60,19 @@ class CodecSetup:
 
 @dataclass(frozen=True, slots=True)
 class AudioPacket:
-    """One codec packet (an Opus packet, an AAC access unit, or a run of PCM frames)."""
+    """One codec packet (an Opus packet, an AAC access unit, or a run of PCM frames).
+
+    `discard` is how many decoded samples (at the codec's rate) at the end of this packet are
+    padding to drop: the end trimming of Ogg's last granule position (RFC 7845 §4.5) or
+    Matroska's DiscardPadding.
+    """
 
     data: bytes
+    discard: int = 0
+
+    def __post_init__(self) -> None:
+        if self.discard < 0:
+            raise MediaError(f"negative discard {self.discard}")
 
 
 DemuxEvent = CodecSetup | AudioPacket

@@ -50,6 +50,7 @@ class Mp4Demuxer:
         self._skip_left = 0  # bytes of an unneeded box still to discard
         self._track: _Track | None = None
         self._pending: list[tuple[int, int]] = []  # samples announced by the last moof
+        self._saw_moof = False
 
     def feed(self, data: bytes) -> list[DemuxEvent]:
         events: list[DemuxEvent] = []
@@ -107,15 +108,19 @@ class Mp4Demuxer:
         try:
             if kind == b"moov":
                 self._track = _parse_moov(body)
+                self._saw_moof = False
                 assert self._track.setup is not None
                 out.append(self._track.setup)
             elif kind == b"moof":
                 if self._track is None:
                     raise MediaError("MP4 fragment before the moov box")
                 self._pending = _parse_moof(body, offset, self._track)
+                self._saw_moof = True
             elif kind == b"mdat":
                 if self._track is None:
                     raise MediaError("MP4 media data before the moov box (not a fragmented MP4)")
+                if not self._saw_moof:
+                    raise MediaError("MP4 media data without a moof box (not a fragmented MP4)")
                 start = offset + header
                 end = start + len(body)
                 for sample_offset, size in self._pending:

@@ -12,11 +12,13 @@ import struct
 
 from kvs_ingest.media.errors import MediaError
 from kvs_ingest.media.events import AudioPacket, CodecSetup, DemuxEvent
+from kvs_ingest.media.opus import packet_samples
 
 _CAPTURE = b"OggS"
 _HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, nsegs
 _FLAG_CONTINUED = 0x01
 _FLAG_BOS = 0x02
+_FLAG_EOS = 0x04
 MAX_PACKET_BYTES = 1 << 20
 
 
@@ -51,6 +53,7 @@ class OggDemuxer:
         self._bos_phase = True  # at the start of a chain link, BOS pages come first
         self._foreign: list[str] = []  # what other streams the link had, for the error text
         self._partial = bytearray()  # a packet continued onto the next page
+        self._position = 0  # 48 kHz samples in the packets so far, pre-skip included
         self.pages = 0
 
     def feed(self, data: bytes) -> list[DemuxEvent]:
@@ -62,7 +65,7 @@ class OggDemuxer:
         while n - pos >= 27:
             if buf[pos : pos + 4] != _CAPTURE:
                 raise MediaError(f"lost Ogg page sync after {self.pages} pages")
-            _, version, flags, _granule, serial, _seq, _crc, nsegs = _HEADER.unpack_from(buf, pos)
+            _, version, flags, granule, serial, _seq, _crc, nsegs = _HEADER.unpack_from(buf, pos)
             if version != 0:
                 raise MediaError(f"unsupported Ogg version {version}")
             if n - pos < 27 + nsegs:
@@ -72,7 +75,8 @@ class OggDemuxer:
             end = pos + 27 + nsegs + body_len
             if end > n:
                 break
-            self._page(flags, serial, lacing, memoryview(buf)[pos + 27 + nsegs : end], events)
+            body = bytes(buf[pos + 27 + nsegs : end])
+            self._page(flags, granule, serial, lacing, body, events)
             self.pages += 1
             pos = end
         del buf[:pos]
@@ -85,7 +89,13 @@ class OggDemuxer:
         return []
 
     def _page(
-        self, flags: int, serial: int, lacing: bytes, body: memoryview, out: list[DemuxEvent]
+        self,
+        flags: int,
+        granule: int,
+        serial: int,
+        lacing: bytes,
+        body: bytes,
+        out: list[DemuxEvent],
     ) -> None:
         if flags & _FLAG_BOS:
             self._begin_stream(serial, body, lacing, out)
@@ -98,17 +108,27 @@ class OggDemuxer:
         if serial != self._serial:
             return
         packets = self._split(flags, lacing, body)
-        for packet in packets:
-            if self._in_headers:
-                self._in_headers = False  # OpusTags: metadata we do not need
-                continue
-            if packet:
-                self._saw_audio = True
-                out.append(AudioPacket(packet))
+        if self._in_headers and packets:
+            self._in_headers = False  # OpusTags: metadata we do not need
+            packets = packets[1:]
+        packets = [p for p in packets if p]
+        if not packets:
+            return
+        self._saw_audio = True
+        for packet in packets[:-1]:
+            self._position += packet_samples(packet)
+            out.append(AudioPacket(packet))
+        last = packets[-1]
+        duration = packet_samples(last)
+        self._position += duration
+        discard = 0
+        if flags & _FLAG_EOS and 0 <= granule < self._position:
+            # The last page's granule position ends the stream short of its last packet's
+            # end: the rest is padding (RFC 7845 §4.5).
+            discard = min(self._position - granule, duration)
+        out.append(AudioPacket(last, discard))
 
-    def _begin_stream(
-        self, serial: int, body: memoryview, lacing: bytes, out: list[DemuxEvent]
-    ) -> None:
+    def _begin_stream(self, serial: int, body: bytes, lacing: bytes, out: list[DemuxEvent]) -> None:
         if not self._bos_phase:
             if self._serial is not None and not self._saw_audio:
                 raise MediaError("new Ogg stream began before the previous one carried audio")
@@ -125,10 +145,11 @@ class OggDemuxer:
             self._serial = serial
             self._in_headers = True
             self._saw_audio = False
+            self._position = 0
         else:
             self._foreign.append(_describe(first))
 
-    def _split(self, flags: int, lacing: bytes, body: memoryview) -> list[bytes]:
+    def _split(self, flags: int, lacing: bytes, body: bytes) -> list[bytes]:
         """Reassemble this page's packets; a packet cut by the page end waits in `_partial`."""
         packets: list[bytes] = []
         if not flags & _FLAG_CONTINUED and self._partial:

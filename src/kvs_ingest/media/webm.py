@@ -25,6 +25,7 @@ from kvs_ingest.mkv import (
     MkvError,
     parse_block,
     read_float,
+    read_sint,
     read_string,
     read_uint,
 )
@@ -56,6 +57,9 @@ class WebmDemuxer:
         self._entry: _TrackEntry | None = None
         self._track: int | None = None  # the audio track being decoded
         self._seen_ebml = False
+        self._rate = 48000  # the chosen track's decode rate, for DiscardPadding
+        self._group_frames: list[bytes] = []  # a BlockGroup's Block, until the group ends
+        self._group_discard_ns = 0
 
     def feed(self, data: bytes) -> list[DemuxEvent]:
         try:
@@ -95,6 +99,9 @@ class WebmDemuxer:
             self._entry.encoded = True
         elif kind == ID.CLUSTER and self._track is None:
             raise MediaError(self._no_audio_reason())
+        elif kind == ID.BLOCK_GROUP:
+            self._group_frames = []
+            self._group_discard_ns = 0
 
     def _end(self, event: MasterEnd, out: list[DemuxEvent]) -> None:
         if event.id == ID.TRACK_ENTRY and self._entry is not None:
@@ -103,7 +110,14 @@ class WebmDemuxer:
         elif event.id == ID.TRACKS and self._track is None:
             setup, number = self._choose()
             self._track = number
+            self._rate = setup.sample_rate
             out.append(setup)
+        elif event.id == ID.BLOCK_GROUP and self._group_frames:
+            frames, self._group_frames = self._group_frames, []
+            # DiscardPadding (Matroska §5.1.3.5.4): nanoseconds of padding at the block's end.
+            discard = max(0, round(self._group_discard_ns * self._rate / 1e9))
+            out.extend(AudioPacket(frame) for frame in frames[:-1])
+            out.append(AudioPacket(frames[-1], discard))
 
     def _leaf(self, event: Leaf, out: list[DemuxEvent]) -> None:
         kind = event.id
@@ -112,7 +126,14 @@ class WebmDemuxer:
                 raise MediaError(self._no_audio_reason())
             block = parse_block(event.data)
             if block.track == self._track:
-                out.extend(AudioPacket(frame) for frame in block.frames if frame)
+                frames = [frame for frame in block.frames if frame]
+                if kind == ID.BLOCK:
+                    self._group_frames.extend(frames)
+                else:
+                    out.extend(AudioPacket(frame) for frame in frames)
+            return
+        if kind == ID.DISCARD_PADDING:
+            self._group_discard_ns = read_sint(event.data)
             return
         if kind == ID.DOC_TYPE:
             doc_type = read_string(event.data)
