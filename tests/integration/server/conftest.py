@@ -116,7 +116,7 @@ class Ending:
         return [m for m in self.messages if m.get("type") == "ack"]
 
 
-async def read_until_closed(ws: ClientConnection, timeout: float = 30) -> Ending:
+async def read_until_closed(ws: ClientConnection, within: float = 30) -> Ending:
     """Collect every JSON message until the server closes the socket."""
     messages: list[dict[str, Any]] = []
 
@@ -127,7 +127,7 @@ async def read_until_closed(ws: ClientConnection, timeout: float = 30) -> Ending
         except ConnectionClosed:
             pass
 
-    await asyncio.wait_for(collect(), t(timeout))
+    await asyncio.wait_for(collect(), t(within))
     rcvd = ws.close_code
     return Ending(messages, rcvd, ws.close_reason or "")
 
