@@ -10,6 +10,7 @@ recorder) starts a new segment.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -121,6 +122,8 @@ class WebmDemuxer:
 
     def _leaf(self, event: Leaf, out: list[DemuxEvent]) -> None:
         kind = event.id
+        if not self._seen_ebml:
+            raise MediaError("WebM stream does not start with an EBML header")
         if kind == ID.SIMPLE_BLOCK or kind == ID.BLOCK:
             if self._track is None:
                 raise MediaError(self._no_audio_reason())
@@ -198,6 +201,10 @@ def _setup(entry: _TrackEntry) -> CodecSetup:
     if entry.encoded:
         raise MediaError(f"WebM track {entry.number} is compressed or encrypted")
     codec_id = entry.codec_id
+    if not math.isfinite(entry.sampling_frequency) or not 0 < entry.sampling_frequency < 1e6:
+        raise MediaError(
+            f"WebM track {entry.number} has sampling frequency {entry.sampling_frequency}"
+        )
     rate = round(entry.sampling_frequency)
     if codec_id == "A_OPUS":
         head = entry.codec_private or _opus_head(entry)
