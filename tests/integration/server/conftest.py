@@ -14,7 +14,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from kvs_ingest.config import load_settings
+from kvs_ingest.config import Settings, load_settings
 from kvs_ingest.server.app import IngestServer, ServerLimits
 
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
@@ -66,9 +66,10 @@ async def running_server(
     *,
     limits: ServerLimits | None = None,
     static_files: dict[str, tuple[bytes, str]] | None = None,
+    settings: Settings | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Running]:
-    settings = load_settings(**{"host": "127.0.0.1", "port": 0, **overrides})
+    settings = settings or test_settings(**overrides)
     server = IngestServer(settings, registry, limits=limits, static_files=static_files)
     await server.start()
     shutdown = asyncio.Event()
@@ -78,6 +79,11 @@ async def running_server(
     finally:
         shutdown.set()
         await asyncio.wait_for(task, t(60))
+
+
+def test_settings(**overrides: Any) -> Settings:
+    """Settings for a loopback server on a free port, whatever the environment says."""
+    return load_settings(**{"host": "127.0.0.1", "port": 0, "auth_mode": "none", **overrides})
 
 
 def speaker_protocols(token: str | None) -> list[Any]:
