@@ -1,0 +1,272 @@
+"""The KVS control plane with aiobotocore: streams, data endpoints, credentials.
+
+`make_kvs(settings)` builds the `KvsControl` the session registry shares. Calls retry with
+jittered back-off on throttling, 5xx and connection errors (botocore's own retries are off, so
+the policy is ours and visible in metrics). Streams are ensured with DescribeStream, then
+CreateStream when missing (a concurrent creator is fine), then polled until ACTIVE with a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kvs_ingest.config import KvsBackend, Settings
+from kvs_ingest.kvs.endpoints import EndpointCache
+from kvs_ingest.kvs.errors import ControlPlaneError, StreamNotActive
+from kvs_ingest.kvs.limits import STREAM_MEDIA_TYPE
+from kvs_ingest.kvs.metrics import CONTROL_CALLS
+from kvs_ingest.kvs.tuning import DEFAULT_TUNING, Tuning
+from kvs_ingest.logging import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+# The emulator's default keys: used for the embedded/endpoint backends when the AWS chain has none.
+EMULATOR_ACCESS_KEY = "test"
+EMULATOR_SECRET_KEY = "test"
+
+_THROTTLING = frozenset(
+    {
+        "ClientLimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenCredentials:
+    """Credentials for one PutMedia connection; `expires_at` is epoch seconds, if they expire."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
+    expires_at: float | None
+
+    def __repr__(self) -> str:  # never the secret
+        return f"FrozenCredentials(access_key={self.access_key[:4]}…, expires_at={self.expires_at})"
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(err.get("Code", "Unknown")), int(status or 0)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        return code in _THROTTLING or status >= 500 or status == 429
+    return isinstance(exc, (BotoCoreError, OSError, asyncio.TimeoutError))
+
+
+class KvsControl:
+    """One aiobotocore `kinesisvideo` client, the endpoint cache and the credential source.
+
+    Use as `async with make_kvs(settings) as kvs:` or call `await kvs.close()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        region: str | None = None,
+        endpoint_cache_seconds: float = 45 * 60.0,
+        retention_hours: int = 1,
+        use_emulator_keys: bool = False,
+        tuning: Tuning = DEFAULT_TUNING,
+        session: AioSession | None = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self._session = session or get_session()
+        self.region = region or self._session.get_config_variable("region") or DEFAULT_REGION
+        self._use_emulator_keys = use_emulator_keys
+        self._retention_hours = retention_hours
+        self.tuning = tuning
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self.endpoints = EndpointCache(self._get_data_endpoint, ttl=endpoint_cache_seconds)
+        self.healthy = True  # the last control-plane call worked (for /readyz)
+        self._keys_checked = False
+
+    async def __aenter__(self) -> KvsControl:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _ensure_keys(self) -> None:
+        if self._keys_checked:
+            return
+        self._keys_checked = True
+        if self._use_emulator_keys and await self._session.get_credentials() is None:
+            self._session.set_credentials(EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY)
+
+    async def client(self) -> Any:
+        async with self._client_lock:
+            if self._client is None:
+                await self._ensure_keys()
+                config = AioConfig(
+                    retries={"total_max_attempts": 1},
+                    connect_timeout=5,
+                    read_timeout=15,
+                )
+                self._client = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "kinesisvideo",
+                        region_name=self.region,
+                        endpoint_url=self.endpoint_url,
+                        config=config,
+                    )
+                )
+            return self._client
+
+    async def credentials(self) -> FrozenCredentials:
+        """Fresh frozen credentials from the chain, for one PutMedia connection."""
+        await self._ensure_keys()
+        creds = await self._session.get_credentials()
+        if creds is None:
+            raise ControlPlaneError(
+                "credentials", "NoCredentials", "no AWS credentials found", retryable=True
+            )
+        frozen = await creds.get_frozen_credentials()
+        expiry = getattr(creds, "_expiry_time", None)
+        expires_at = expiry.timestamp() if expiry is not None else None
+        return FrozenCredentials(frozen.access_key, frozen.secret_key, frozen.token, expires_at)
+
+    async def call(self, api: str, **params: Any) -> dict[str, Any]:
+        """One control-plane call with back-off; raises ControlPlaneError when it gives up."""
+        client = await self.client()
+        method = getattr(client, _snake(api))
+        attempts = max(1, self.tuning.control_attempts)
+        for attempt in range(attempts):
+            try:
+                result: dict[str, Any] = await method(**params)
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                retry = _retryable(exc)
+                code = _error_code(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
+                CONTROL_CALLS.labels(api, code).inc()
+                if isinstance(exc, ClientError) and not retry:
+                    # The service answered: the control plane works, the request was refused.
+                    raise ControlPlaneError(api, code, str(exc), retryable=False) from exc
+                if attempt + 1 >= attempts:
+                    self.healthy = False
+                    raise ControlPlaneError(api, code, str(exc), retryable=True) from exc
+                delay = self.tuning.backoff(attempt)
+                log.info(
+                    "kvs_control_retry",
+                    api=api,
+                    code=code,
+                    attempt=attempt + 1,
+                    delay=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+                continue
+            CONTROL_CALLS.labels(api, "ok").inc()
+            self.healthy = True
+            return result
+        raise AssertionError("unreachable")
+
+    async def ensure_stream(self, stream_name: str, *, tags: dict[str, str] | None = None) -> None:
+        """The stream exists and is ACTIVE when this returns; raises StreamNotActive or
+        ControlPlaneError otherwise."""
+        deadline = time.monotonic() + self.tuning.active_timeout
+        delay = 0.1
+        created = False
+        while True:
+            try:
+                info = (await self.call("DescribeStream", StreamName=stream_name))["StreamInfo"]
+            except ControlPlaneError as exc:
+                if exc.code != "ResourceNotFoundException":
+                    raise
+                if created:
+                    info = {"Status": "CREATING"}  # not visible yet: eventual consistency
+                else:
+                    created = True
+                    await self._create(stream_name, tags or {})
+                    continue
+            status = info.get("Status")
+            if status == "ACTIVE":
+                return
+            if status == "DELETING":
+                raise StreamNotActive(f"stream {stream_name} is being deleted")
+            if time.monotonic() + delay > deadline:
+                raise StreamNotActive(
+                    f"stream {stream_name} still {status} after {self.tuning.active_timeout:.0f} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def _create(self, stream_name: str, tags: dict[str, str]) -> None:
+        params: dict[str, Any] = {
+            "StreamName": stream_name,
+            "MediaType": STREAM_MEDIA_TYPE,
+            "DataRetentionInHours": self._retention_hours,
+        }
+        if tags:
+            params["Tags"] = tags
+        try:
+            await self.call("CreateStream", **params)
+            log.info("kvs_stream_created", stream=stream_name)
+        except ControlPlaneError as exc:
+            if exc.code != "ResourceInUseException":  # a concurrent creator won: fine
+                raise
+
+    async def _get_data_endpoint(self, stream_name: str, api: str) -> str:
+        result = await self.call("GetDataEndpoint", StreamName=stream_name, APIName=api)
+        return str(result["DataEndpoint"])
+
+    async def data_endpoint(self, stream_name: str, api: str = "PUT_MEDIA") -> str:
+        return await self.endpoints.get(stream_name, api)
+
+    def invalidate_endpoint(self, stream_name: str, url: str | None = None) -> None:
+        self.endpoints.invalidate(stream_name, "PUT_MEDIA", url)
+
+
+def _snake(api: str) -> str:
+    out = []
+    for i, ch in enumerate(api):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def control_endpoint(settings: Settings, endpoint_url: str | None = None) -> str | None:
+    """The control-plane URL: the emulator's for the embedded/endpoint backends, else the
+    standard chain's (AWS_ENDPOINT_URL_KINESIS_VIDEO is honoured by botocore itself)."""
+    if endpoint_url:
+        return endpoint_url
+    if settings.kvs_backend is KvsBackend.AWS:
+        return None
+    return settings.kvs_endpoint_url
+
+
+def make_kvs(
+    settings: Settings, *, endpoint_url: str | None = None, tuning: Tuning = DEFAULT_TUNING
+) -> KvsControl:
+    """The control-plane client the session registry uses (aiobotocore, standard AWS chain)."""
+    url = control_endpoint(settings, endpoint_url)
+    return KvsControl(
+        endpoint_url=url,
+        endpoint_cache_seconds=settings.endpoint_cache_seconds,
+        retention_hours=settings.stream_retention_hours,
+        use_emulator_keys=settings.kvs_backend is not KvsBackend.AWS,
+        tuning=tuning,
+    )

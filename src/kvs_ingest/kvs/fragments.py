@@ -1,0 +1,201 @@
+"""`FragmentWriter`: timestamped PCM in, PutMedia body bytes out (sans-I/O, on `kvs_ingest.mkv`).
+
+Layout (KVS-PROTOCOL.md, "MKV that KVS accepts"): per connection the EBML header, a Segment of
+unknown size, Info and Tracks (`connection_header`); per fragment a Tags element with the
+fragment metadata, then an unknown-size Cluster whose Timecode is absolute milliseconds, then
+SimpleBlocks of `block_ms` each (key frames, timecodes relative to the Cluster and strictly
+increasing). A fragment is cut after `fragment_ms` of samples, or early by `close()` (speaker
+gone, idle, a gap). Blocks are emitted as soon as they are full, so the bytes can be streamed
+while the fragment is still open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvs_ingest.kvs.limits import (
+    BYTES_PER_SAMPLE,
+    CODEC_ID,
+    MAX_FRAGMENT_MS,
+    MIME_TYPE,
+    SAMPLE_RATE,
+    SAMPLES_PER_MS,
+    TAG_END_OF_FRAGMENT,
+    TAG_MIME_TYPE,
+    TAG_SESSION_ID,
+)
+from kvs_ingest.mkv import writer as mkv
+
+TRACK = 1
+DEFAULT_BLOCK_MS = 40
+
+
+def connection_header(segment_uid: bytes) -> bytes:
+    """What every PutMedia body starts with; the SegmentUID stays the same across reconnects."""
+    track = mkv.AudioTrack(
+        number=TRACK,
+        uid=1,
+        codec_id=CODEC_ID,
+        sampling_frequency=float(SAMPLE_RATE),
+        channels=1,
+        bit_depth=16,
+        name="audio",
+    )
+    return b"".join(
+        (mkv.ebml_header(), mkv.segment_header(), mkv.info(segment_uid), mkv.tracks(track))
+    )
+
+
+END_OF_FRAGMENT = mkv.tags([(TAG_END_OF_FRAGMENT, "")])
+"""Tells KVS the open fragment is complete without starting another or ending the body."""
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentPiece:
+    """Bytes for one fragment, produced by one `write` or `close` call.
+
+    `opened`: `data` starts the fragment (metadata Tags + Cluster header). `closed`: the fragment
+    is complete after `data`. `samples`: input samples this piece took into the fragment
+    (including ones still held for the next block).
+    """
+
+    timecode: int
+    data: bytes
+    samples: int
+    opened: bool
+    closed: bool
+    duration_ms: int  # of the fragment so far (whole duration when closed)
+
+    def __post_init__(self) -> None:
+        if self.samples < 0 or self.timecode < 0:
+            raise ValueError("negative sample count or timecode")
+        if self.opened and not self.data:
+            raise ValueError("an opening piece carries the Cluster header")
+
+
+class FragmentWriter:
+    """Cuts a PCM stream (16 kHz mono s16le) into fragments on an absolute millisecond timeline.
+
+    `anchor(ms)` places the next sample (never backwards); `write(pcm)` appends samples and
+    returns the pieces they produced; `close()` ends the open fragment. Timecodes come from
+    sample counts only: the writer reads no clock.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        start_ms: int,
+        fragment_ms: int = 1000,
+        block_ms: int = DEFAULT_BLOCK_MS,
+    ) -> None:
+        if not 1 <= fragment_ms <= MAX_FRAGMENT_MS:
+            raise ValueError(f"fragment_ms must be within 1..{MAX_FRAGMENT_MS}")
+        if not 1 <= block_ms <= fragment_ms:
+            raise ValueError("block_ms must be within 1..fragment_ms")
+        self._tags = mkv.tags([(TAG_MIME_TYPE, MIME_TYPE), (TAG_SESSION_ID, session_id)])
+        self._fragment_samples = fragment_ms * SAMPLES_PER_MS
+        self._block_samples = block_ms * SAMPLES_PER_MS
+        self._next_ms = start_ms  # where the next fragment starts when none is open
+        self._open_tc: int | None = None
+        self._samples = 0  # samples accepted into the open fragment
+        self._blocked = 0  # of which already written as blocks
+        self._pending = bytearray()  # accepted, not yet a block
+        self._odd = b""  # half a sample left over from the last write
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_tc is not None
+
+    @property
+    def end_ms(self) -> int:
+        """The earliest timecode the next sample can have (ms, rounded up)."""
+        if self._open_tc is None:
+            return self._next_ms
+        return self._open_tc + -(-self._samples // SAMPLES_PER_MS)
+
+    @property
+    def open_timecode(self) -> int | None:
+        return self._open_tc
+
+    @property
+    def open_samples(self) -> int:
+        return self._samples
+
+    def anchor(self, timecode_ms: int) -> list[FragmentPiece]:
+        """Place the next sample at `timecode_ms` (a gap or a drift correction).
+
+        Moving forward past the open fragment's end closes it first; a time before `end_ms` is
+        clamped to it (timecodes never go backwards: KVS error 4004).
+        """
+        if timecode_ms <= self.end_ms:
+            return []
+        pieces = self.close()
+        self._next_ms = timecode_ms
+        return pieces
+
+    def write(self, pcm: bytes) -> list[FragmentPiece]:
+        if self._odd:
+            pcm = self._odd + pcm
+            self._odd = b""
+        if len(pcm) % BYTES_PER_SAMPLE:
+            self._odd = pcm[-1:]
+            pcm = pcm[:-1]
+        pieces: list[FragmentPiece] = []
+        view = memoryview(pcm)
+        while view:
+            opened = self._open_tc is None
+            head = b""
+            if self._open_tc is None:
+                self._open_tc = self._next_ms
+                head = self._tags + mkv.cluster_header(self._open_tc)
+            tc = self._open_tc
+            room = (self._fragment_samples - self._samples) * BYTES_PER_SAMPLE
+            take, view = view[:room], view[room:]
+            self._pending += take
+            self._samples += len(take) // BYTES_PER_SAMPLE
+            body = self._blocks(final=False)
+            if self._samples >= self._fragment_samples:
+                pieces.append(self._finish(head + body, len(take) // 2, opened))
+            else:
+                pieces.append(
+                    FragmentPiece(
+                        tc,
+                        head + body,
+                        len(take) // BYTES_PER_SAMPLE,
+                        opened,
+                        False,
+                        self._samples // SAMPLES_PER_MS,
+                    )
+                )
+        return pieces
+
+    def close(self) -> list[FragmentPiece]:
+        """End the open fragment (writing its last, shorter block); no-op when none is open."""
+        if self._open_tc is None:
+            return []
+        return [self._finish(self._blocks(final=True), 0, False)]
+
+    def _finish(self, data: bytes, samples: int, opened: bool) -> FragmentPiece:
+        assert self._open_tc is not None
+        if self._pending:
+            data += self._blocks(final=True)
+        tc = self._open_tc
+        end = self.end_ms
+        piece = FragmentPiece(tc, data, samples, opened, True, end - tc)
+        self._next_ms = end
+        self._open_tc = None
+        self._samples = self._blocked = 0
+        return piece
+
+    def _blocks(self, *, final: bool) -> bytes:
+        assert self._open_tc is not None
+        out = []
+        size = self._block_samples * BYTES_PER_SAMPLE
+        while len(self._pending) >= size or (final and self._pending):
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+            rel = self._blocked // SAMPLES_PER_MS
+            out.append(mkv.simple_block(TRACK, rel, chunk, keyframe=True))
+            self._blocked += len(chunk) // BYTES_PER_SAMPLE
+        return b"".join(out)

@@ -1,0 +1,49 @@
+"""Prometheus collectors of the KVS sink, in the process-wide registry (`/metrics` shows them)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FRAGMENTS_SENT = Counter(
+    "kvs_ingest_fragments_sent_total",
+    "Fragments fully written to a PutMedia body (first sends and re-sends)",
+    ["attempt"],
+)
+ACKS = Counter("kvs_ingest_putmedia_acks_total", "PutMedia ack events received", ["event"])
+FRAGMENTS_PERSISTED = Counter(
+    "kvs_ingest_fragments_persisted_total", "Fragments acknowledged PERSISTED"
+)
+FRAGMENTS_DUPLICATE = Counter(
+    "kvs_ingest_fragments_duplicate_total",
+    "Re-sent fragments KVS refused as already there (4004 after a reconnect)",
+)
+FRAGMENTS_ERRORED = Counter(
+    "kvs_ingest_fragments_errored_total", "ERROR acks, by error id", ["error_id"]
+)
+FRAGMENTS_FAILED = Counter(
+    "kvs_ingest_fragments_failed_total",
+    "Fragments given up on (non-retryable error id): their audio is not in KVS",
+)
+PUTMEDIA_CONNECTS = Counter(
+    "kvs_ingest_putmedia_connects_total", "PutMedia requests opened, by outcome", ["outcome"]
+)
+PUTMEDIA_RECONNECTS = Counter(
+    "kvs_ingest_putmedia_reconnects_total", "PutMedia connections ended, by reason", ["reason"]
+)
+PUTMEDIA_OPEN = Gauge("kvs_ingest_putmedia_connections", "PutMedia requests open now")
+BUFFERED_SECONDS = Gauge(
+    "kvs_ingest_buffered_seconds", "Audio held in ledgers, not yet PERSISTED (all sessions)"
+)
+PERSIST_LATENCY = Histogram(
+    "kvs_ingest_fragment_persist_latency_seconds",
+    "From a fragment's last byte written to its PERSISTED ack",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+CONTROL_CALLS = Counter(
+    "kvs_ingest_kvs_control_calls_total",
+    "KVS control-plane calls, by API and outcome",
+    ["api", "outcome"],
+)
+ENDPOINT_CACHE = Counter(
+    "kvs_ingest_endpoint_cache_total", "Data-endpoint look-ups, by hit or miss", ["result"]
+)
