@@ -60,6 +60,10 @@ from kvs_ingest.server.ratelimit import AudioRateLimiter
 
 log = get_logger(__name__)
 
+# The drain keeps reading a notified speaker until it is quiet this long, at most the max.
+DRAIN_QUIET_SECONDS = 0.5
+DRAIN_READ_MAX_SECONDS = 3.0
+
 # Close codes after which a socket's decoded-but-unflushed tail still goes to the session.
 _KEEP_TAIL = frozenset({CloseCode.SERVICE_RESTART, CloseCode.REPLACED, CloseCode.TIMEOUT})
 
@@ -388,6 +392,8 @@ class SpeakerConnection:
         self._sent_seq = -1
         self._latest_ack_json: tuple[int, str] | None = None
         self._persisted_reported = 0
+        self._notice_deadline: float | None = None
+        self.notice_sent = False
 
     def request_stop(self, error: PeerError) -> None:
         """Ask the socket to hand its decoded audio to the session and close with `error`."""
@@ -403,8 +409,8 @@ class SpeakerConnection:
         try:
             session = await self.server.registry.open(self.session_id)
             await self.server.take_over(self)
-            if self._stop.done():
-                raise self._stop.result()
+            if self._stop.done() and not isinstance(self._stop.result(), Draining):
+                raise self._stop.result()  # replaced while opening; a drain still reads first
             self.speaker = session.attach(self._on_persisted)
             ack_task = asyncio.create_task(self._send_acks())
             await self.ws.send(
@@ -419,7 +425,10 @@ class SpeakerConnection:
             # The drain gave up waiting (a write stuck on a full ledger): let go now.
             self._detach()
             await _close(
-                self.ws, CloseCode.SERVICE_RESTART, PUBLIC_MESSAGES[CloseCode.SERVICE_RESTART]
+                self.ws,
+                CloseCode.SERVICE_RESTART,
+                PUBLIC_MESSAGES[CloseCode.SERVICE_RESTART],
+                notice_sent=self.notice_sent,
             )
             raise
         except Exception as exc:
@@ -441,7 +450,7 @@ class SpeakerConnection:
         self._detach()
         metrics.CONNECTIONS_TOTAL.labels(str(int(code)) if code else "client").inc()
         if code is not None:
-            await _close(self.ws, code, message)
+            await _close(self.ws, code, message, notice_sent=self.notice_sent)
 
     def _detach(self) -> None:
         """The socket lets go of the session; a waiting newer socket may attach now."""
@@ -489,12 +498,28 @@ class SpeakerConnection:
                 return
 
     async def _next_message(self, wait: float, got_media: bool) -> bytes | str:
-        """The next message, or the stop request's error, or 4408 after `wait` seconds."""
-        if self._stop.done():
-            raise self._stop.result()
+        """The next message, or the stop request's error, or 4408 after `wait` seconds.
+
+        A drain does not end the socket at once: the speaker is sent the 1012 `error` first and
+        its messages are still read until it falls quiet (it stops sending on the notice), so
+        what it sent before it knew is in the session; then the socket closes 1012.
+        """
+        if self._stop.done() and self._notice_deadline is None:
+            error = self._stop.result()
+            if not isinstance(error, Draining):
+                raise error
+            await self._send_notice(error)
+        if self._notice_deadline is not None:
+            left = self._notice_deadline - self._loop.time()
+            if left <= 0:
+                raise self._stop.result()
+            waiters: set[asyncio.Future[Any]] = set()
+            wait = min(DRAIN_QUIET_SECONDS, left)
+        else:
+            waiters = {self._stop}
         recv = asyncio.ensure_future(self.ws.recv())
         done, _ = await asyncio.wait(
-            {recv, self._stop}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
+            {recv, *waiters}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
         )
         if recv in done:
             return recv.result()
@@ -502,10 +527,19 @@ class SpeakerConnection:
         with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
             await recv
         if self._stop.done():
-            raise self._stop.result()
+            if self._notice_deadline is not None:
+                raise self._stop.result()  # quiet after the notice: close now
+            return await self._next_message(wait, got_media)  # handles the stop request
         if got_media:
             raise TimedOut("idle too long", reason="idle")
         raise TimedOut("no media within the start timeout", reason="start")
+
+    async def _send_notice(self, error: PeerError) -> None:
+        """The `error` message ahead of the close, while the socket is still read."""
+        self._notice_deadline = self._loop.time() + DRAIN_READ_MAX_SECONDS
+        self.notice_sent = True
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(error_message(int(error.code), error.hint))
 
     async def _write(self, seq: int, pcms: Sequence[Any], *, rate_check: bool) -> None:
         assert self.speaker is not None
@@ -616,9 +650,12 @@ async def _refuse(ws: ServerConnection, error: PeerError) -> None:
     await _close(ws, error.code, error.hint)
 
 
-async def _close(ws: ServerConnection, code: CloseCode, message: str) -> None:
+async def _close(
+    ws: ServerConnection, code: CloseCode, message: str, *, notice_sent: bool = False
+) -> None:
+    """Send the JSON `error` (once) and close with `code`."""
     with contextlib.suppress(ConnectionClosed):
-        if code is not CloseCode.NORMAL:
+        if code is not CloseCode.NORMAL and not notice_sent:
             await ws.send(error_message(int(code), message))
         await ws.close(int(code), _reason(message))
 

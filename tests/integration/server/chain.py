@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import boto3
 import numpy as np
 
 from kvs_ingest.emulator import Emulator, EmulatorConfig
 from kvs_ingest.kvs.control import make_kvs
+from kvs_ingest.kvs.tuning import DEFAULT_TUNING, Tuning
 from kvs_ingest.mkv.ids import ID
 from kvs_ingest.mkv.reader import EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.server.app import ServerLimits
@@ -40,23 +42,35 @@ class Chain:
 
 @asynccontextmanager
 async def chain(
-    tmp: Path, *, limits: ServerLimits | None = None, emulator: dict[str, Any] | None = None,
+    tmp: Path,
+    *,
+    limits: ServerLimits | None = None,
+    emulator: dict[str, Any] | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
     **overrides: Any,
 ) -> AsyncIterator[Chain]:
     """Emulator on loopback, a real registry on it, and an ingest server in front."""
-    emu = Emulator(EmulatorConfig(data_dir=tmp / "kvs", **{"active_delay_seconds": 0.2, **(emulator or {})}))
+    emu = Emulator(
+        EmulatorConfig(data_dir=tmp / "kvs", **{"active_delay_seconds": 0.2, **(emulator or {})})
+    )
     await emu.start()
     try:
         settings = test_settings(
             kvs_backend="endpoint", kvs_endpoint_url=emu.url,
             **{"session_grace_seconds": 2.0, "drain_timeout_seconds": 20.0, **overrides},
         )  # fmt: skip
-        async with make_kvs(settings, endpoint_url=emu.url) as kvs:
+        async with make_kvs(settings, endpoint_url=emu.url, tuning=tuning) as kvs:
             registry = SessionRegistry(settings, kvs)
             async with running_server(registry, settings=settings, limits=limits) as srv:
                 yield Chain(srv, emu, registry)
     finally:
         await emu.stop()
+
+
+async def add_fault(emu: Emulator, spec: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(emu.url + "/_emulator/faults", json=spec) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 def corpus_chunks(name: str = "webm-opus-250-speech") -> list[bytes]:

@@ -4,6 +4,7 @@ boto3, compared with ffmpeg's decode of what was sent."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from .chain import chain, corpus_chunks, correlation, ffmpeg_pcm, pcm_of, read_s
 from .conftest import read_until_closed, speaker, t
 
 SAMPLES_20MS = 320
+
+
+def assert_recordings(got: np.ndarray, parts: list[np.ndarray]) -> None:
+    """`got` is the recordings one after the other: total length ± 20 ms each, every part
+    correlating ≥ 0.99 with its place in `got`."""
+    assert abs(len(got) - sum(map(len, parts))) <= SAMPLES_20MS * len(parts)
+    start = 0
+    for part in parts:
+        assert correlation(got[start : start + len(part)], part) >= 0.99
+        start += len(part)
 
 
 async def send_all(ws, chunks: list[bytes], *, pace: float = 0.0) -> None:
@@ -45,3 +56,94 @@ async def test_browser_recording_is_acked_and_lands_whole(tmp_path: Path) -> Non
     assert ending.acks[-1]["persisted_ms"] == len(got) * 1000 // 16000
     times = [b.ms for b in blocks]
     assert times == sorted(times)
+
+
+async def ack_seq_reaches(ws, seq: int, within: float = 20) -> list[dict]:
+    """Read messages until an ack covers `seq`; returns what was read."""
+    seen: list[dict] = []
+
+    async def until() -> None:
+        while True:
+            msg = json.loads(await ws.recv())
+            seen.append(msg)
+            if msg.get("type") == "ack" and msg["seq"] >= seq:
+                return
+
+    await asyncio.wait_for(until(), t(within))
+    return seen
+
+
+async def test_reconnect_in_a_row_continues_the_stream(tmp_path: Path) -> None:
+    """A socket that leaves without `stop`, then a new one: one stream, timecodes increasing,
+    both recordings whole."""
+    chunks = corpus_chunks()
+    first = chunks[:7]
+    async with chain(tmp_path) as c:
+        async with speaker(c.srv.ws_url("rc")) as ws:
+            await send_all(ws, first)
+            await ack_seq_reaches(ws, 6)
+        async with speaker(c.srv.ws_url("rc")) as ws:
+            await send_all(ws, chunks)
+            await ws.send(json.dumps({"type": "stop"}))
+            ending = await read_until_closed(ws, within=60)
+        assert ending.code == 1000
+        blocks = await read_stream(c.emulator.url, "session-rc")
+    assert_recordings(pcm_of(blocks), [ffmpeg_pcm(b"".join(first)), ffmpeg_pcm(b"".join(chunks))])
+    times = [b.ms for b in blocks]
+    assert all(a < b for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_concurrent_socket_takes_over_with_4409(tmp_path: Path) -> None:
+    """A second socket for a live session: the first gets `error` 4409 and close 4409 after its
+    audio went to the session; the second carries on in the same stream."""
+    chunks = corpus_chunks()
+    first = chunks[:7]
+    async with chain(tmp_path) as c:
+        async with speaker(c.srv.ws_url("tk")) as a:
+            await send_all(a, first)
+            await ack_seq_reaches(a, 6)
+            async with speaker(c.srv.ws_url("tk")) as b:
+                ending_a = await read_until_closed(a)
+                assert ending_a.code == 4409
+                assert [e["code"] for e in ending_a.errors] == [4409]
+                ready = json.loads(await asyncio.wait_for(b.recv(), t(20)))
+                assert ready["type"] == "ready"
+                await send_all(b, chunks)
+                await b.send(json.dumps({"type": "stop"}))
+                ending_b = await read_until_closed(b, within=60)
+        assert ending_b.code == 1000
+        blocks = await read_stream(c.emulator.url, "session-tk")
+    assert_recordings(pcm_of(blocks), [ffmpeg_pcm(b"".join(first)), ffmpeg_pcm(b"".join(chunks))])
+
+
+async def test_legacy_audio_chunk_messages_are_media(tmp_path: Path) -> None:
+    """The old API Gateway `audioChunk` base64 message is decoded and acked like binary."""
+    chunks = corpus_chunks()
+    async with chain(tmp_path) as c:
+        async with speaker(c.srv.ws_url("legacy")) as ws:
+            for ch in chunks:
+                msg = {"action": "audioChunk", "audioData": base64.b64encode(ch).decode()}
+                await ws.send(json.dumps(msg))
+            await ws.send(json.dumps({"type": "stop"}))
+            ending = await read_until_closed(ws, within=60)
+    assert ending.code == 1000
+    assert ending.acks[-1]["seq"] == len(chunks) - 1
+
+
+async def test_drain_closes_live_speakers_with_1012_after_handing_over(tmp_path: Path) -> None:
+    """The drain: a live speaker gets `error` 1012 and close 1012; what it sent is in KVS."""
+    chunks = corpus_chunks()
+    first = chunks[:9]
+    async with chain(tmp_path) as c:
+        async with speaker(c.srv.ws_url("dr")) as ws:
+            await send_all(ws, first)
+            await ws.send(json.dumps({"type": "keepalive"}))  # processed after every chunk
+            await asyncio.sleep(0.3 * t(1))
+            c.srv.shutdown.set()
+            ending = await read_until_closed(ws)
+            await asyncio.wait_for(c.srv.task, t(30))
+        assert ending.code == 1012 and [e["code"] for e in ending.errors] == [1012]
+        blocks = await read_stream(c.emulator.url, "session-dr")
+    want = ffmpeg_pcm(b"".join(first))
+    got = pcm_of(blocks)
+    assert abs(len(got) - len(want)) <= SAMPLES_20MS, (len(got), len(want))
