@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 from pathlib import Path
 
@@ -90,7 +91,7 @@ async def test_reconnect_in_a_row_continues_the_stream(tmp_path: Path) -> None:
         blocks = await read_stream(c.emulator.url, "session-rc")
     assert_recordings(pcm_of(blocks), [ffmpeg_pcm(b"".join(first)), ffmpeg_pcm(b"".join(chunks))])
     times = [b.ms for b in blocks]
-    assert all(a < b for a, b in zip(times, times[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(times))
 
 
 async def test_concurrent_socket_takes_over_with_4409(tmp_path: Path) -> None:
