@@ -52,8 +52,16 @@ ENV PYTHONUNBUFFERED=1 \
     KVS_INGEST_PORT=8080 \
     KVS_INGEST_LOG_FORMAT=json \
     KVS_INGEST_EMBEDDED_DATA_DIR=/data
+# botocore ships models for every AWS service (27 MB); the service and its clients use these.
+ARG BOTOCORE_SERVICES="kinesisvideo kinesis-video-media kinesis-video-archived-media sts sso sso-oidc"
 RUN --mount=type=bind,from=deps,source=/wheels,target=/wheels \
-    pip install --quiet --no-cache-dir --no-index --root-user-action=ignore /wheels/*.whl
+    pip install --quiet --no-cache-dir --no-index --root-user-action=ignore /wheels/*.whl \
+    && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    && find "$site/numpy" -type d -name tests -prune -exec rm -rf {} + \
+    && for model in "$site"/botocore/data/*/; do \
+         name=$(basename "$model"); \
+         case " $BOTOCORE_SERVICES " in *" $name "*) ;; *) rm -rf "$model" ;; esac; \
+       done
 RUN --mount=type=bind,from=app,source=/wheels,target=/wheels \
     pip install --quiet --no-cache-dir --no-index --no-deps --root-user-action=ignore /wheels/*.whl \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
