@@ -199,7 +199,8 @@ def _walk_trak(body: bytes, track: _Track) -> None:
             entries = _children(payload, 8)
             if entries:
                 track.entry, entry = entries[0]
-                track.setup = _sample_entry(track.entry, entry)
+                if track.handler == b"soun":
+                    track.setup = _sample_entry(track.entry, entry)
 
 
 def _first_media_time(payload: bytes) -> int:
