@@ -103,7 +103,8 @@ class SessionHandle(Protocol):
 class Registry(Protocol):
     """What the server needs of `kvs_ingest.sessions.SessionRegistry`."""
 
-    healthy: bool
+    @property
+    def healthy(self) -> bool: ...
 
     async def open(self, session_id: str) -> Any: ...
     async def close(self, timeout: float) -> None: ...  # noqa: ASYNC109
@@ -559,8 +560,11 @@ class SpeakerConnection:
         if self.protocol.next_seq > 0:
             await self._write(self.protocol.next_seq - 1, tail, rate_check=False)
         assert self.speaker is not None
-        finish = asyncio.ensure_future(self.speaker.finish(self.limits.finish_timeout))
-        done, _ = await asyncio.wait({finish, self._stop}, return_when=asyncio.FIRST_COMPLETED)
+        finish: asyncio.Future[Any] = asyncio.ensure_future(
+            self.speaker.finish(self.limits.finish_timeout)
+        )
+        stop: asyncio.Future[Any] = self._stop
+        done, _ = await asyncio.wait({finish, stop}, return_when=asyncio.FIRST_COMPLETED)
         if finish not in done:
             finish.cancel()
             with contextlib.suppress(asyncio.CancelledError):

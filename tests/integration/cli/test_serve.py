@@ -60,7 +60,7 @@ async def live_speaker(url: str, token: str, chunks: list[bytes], started: async
 
 async def test_sigterm_drains_twenty_live_speakers(tmp_path: Path) -> None:
     """SIGTERM with 20 speakers live: each gets `error` 1012 and close 1012, all they sent is in
-    KVS, and the process exits 0 within DRAIN_TIMEOUT_SECONDS."""
+    KVS, the process exits 0 within DRAIN_TIMEOUT_SECONDS, and no token reached the logs."""
     chunks = corpus_chunks()[:8]  # one recording, ~2 s; speakers stop at the notice
     async with Emulator(EmulatorConfig(data_dir=tmp_path / "kvs", active_delay_seconds=0.2)) as emu:
         env = clean_env(
@@ -71,11 +71,12 @@ async def test_sigterm_drains_twenty_live_speakers(tmp_path: Path) -> None:
         serve = await start_serve(env)
         try:
             starts = [asyncio.Event() for _ in range(SPEAKERS)]
+            tokens = [mint_token(SECRET, f"drain-{i}") for i in range(SPEAKERS)]
             tasks = [
                 asyncio.create_task(
                     live_speaker(
                         f"{serve.ws}/v1/sessions/drain-{i}/speaker",
-                        mint_token(SECRET, f"drain-{i}"),
+                        tokens[i],
                         # each speaker is one recording: only its first chunk has the header
                         chunks if i % 2 else chunks[:6],
                         starts[i],
@@ -104,3 +105,6 @@ async def test_sigterm_drains_twenty_live_speakers(tmp_path: Path) -> None:
             got = pcm_of(blocks)
             assert abs(len(got) - len(want)) <= 320, (i, len(sent), len(got), len(want))
     assert serve.events("drained"), serve.lines[-10:]
+    logged = json.dumps(serve.lines)
+    assert not any(tok in logged for tok in tokens)  # never a token in the logs
+    assert SECRET not in logged

@@ -10,11 +10,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 from .chain import chain, corpus_chunks, correlation, ffmpeg_pcm, pcm_of, read_stream
 from .conftest import read_until_closed, speaker, t
 
 SAMPLES_20MS = 320
+WATCHED = (
+    "kvs_ingest_bytes_in_total",
+    "kvs_ingest_audio_in_seconds_total",
+    "kvs_ingest_audio_persisted_seconds_total",
+    "kvs_ingest_chunk_persisted_latency_seconds_count",
+)
+
+
+def value(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def assert_recordings(got: np.ndarray, parts: list[np.ndarray]) -> None:
@@ -38,6 +49,7 @@ async def test_browser_recording_is_acked_and_lands_whole(tmp_path: Path) -> Non
     """A real Chromium recording: ready, acks up to the last chunk, 1000, and in KVS the same
     audio ffmpeg decodes from the chunks (length ± 20 ms, correlation ≥ 0.99)."""
     chunks = corpus_chunks()
+    before = {name: value(name) for name in WATCHED}
     async with chain(tmp_path) as c:
         async with speaker(c.srv.ws_url("rec1")) as ws:
             ready = json.loads(await asyncio.wait_for(ws.recv(), t(30)))
@@ -57,6 +69,11 @@ async def test_browser_recording_is_acked_and_lands_whole(tmp_path: Path) -> Non
     assert ending.acks[-1]["persisted_ms"] == len(got) * 1000 // 16000
     times = [b.ms for b in blocks]
     assert times == sorted(times)
+    grew = {name: value(name) - before[name] for name in WATCHED}
+    assert grew["kvs_ingest_bytes_in_total"] == sum(map(len, chunks))
+    assert abs(grew["kvs_ingest_audio_in_seconds_total"] - len(got) / 16000) < 0.001
+    assert abs(grew["kvs_ingest_audio_persisted_seconds_total"] - len(got) / 16000) < 0.001
+    assert grew["kvs_ingest_chunk_persisted_latency_seconds_count"] == len(chunks)
 
 
 async def ack_seq_reaches(ws, seq: int, within: float = 20) -> list[dict]:
