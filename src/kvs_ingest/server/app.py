@@ -423,14 +423,12 @@ class SpeakerConnection:
             code, hand_over_tail = None, True
             self.log.info("client_gone", code=exc.rcvd.code if exc.rcvd else None)
         except asyncio.CancelledError:
-            # The drain gave up waiting (a write stuck on a full ledger): let go now.
+            # A takeover or the drain gave up waiting (a write stuck on a full ledger): let go
+            # now, with the code of the request that gave up (4409 or 1012).
             self._detach()
-            await _close(
-                self.ws,
-                CloseCode.SERVICE_RESTART,
-                PUBLIC_MESSAGES[CloseCode.SERVICE_RESTART],
-                notice_sent=self.notice_sent,
-            )
+            wanted = self._stop.result() if self._stop.done() else Draining()
+            await _close(self.ws, wanted.code, wanted.hint, notice_sent=self.notice_sent)
+            metrics.CONNECTIONS_TOTAL.labels(str(int(wanted.code))).inc()
             raise
         except Exception as exc:
             code, message = close_for(exc)

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import REGISTRY
 
-from .chain import chain, corpus_chunks, correlation, ffmpeg_pcm, pcm_of, read_stream
+from kvs_ingest.kvs.tuning import Tuning
+from kvs_ingest.server.app import ServerLimits
+
+from .chain import add_fault, chain, corpus_chunks, correlation, ffmpeg_pcm, pcm_of, read_stream
 from .conftest import read_until_closed, speaker, t
 
 SAMPLES_20MS = 320
@@ -165,3 +168,24 @@ async def test_drain_closes_live_speakers_with_1012_after_handing_over(tmp_path:
     want = ffmpeg_pcm(b"".join(first))
     got = pcm_of(blocks)
     assert abs(len(got) - len(want)) <= SAMPLES_20MS, (len(got), len(want))
+
+
+async def test_takeover_of_a_socket_stuck_on_a_full_ledger(tmp_path: Path) -> None:
+    """An old socket blocked by back-pressure (KVS withholding acks) still yields to a newer one
+    within the hand-over bound: 4409 for the old, `ready` for the new."""
+    chunks = corpus_chunks()
+    limits = ServerLimits(handover_timeout=1.0)
+    tuning = Tuning(buffer_wait_seconds=30.0)
+    async with chain(
+        tmp_path, limits=limits, tuning=tuning, buffer_max_seconds=1.0, drain_timeout_seconds=2
+    ) as c:
+        await add_fault(c.emulator, {"kind": "withhold_acks"})
+        async with speaker(c.srv.ws_url("stuck")) as a:
+            assert json.loads(await a.recv())["type"] == "ready"
+            await send_all(a, chunks)  # 4 s of audio into a 1 s ledger: the server stops reading
+            await asyncio.sleep(0.5)
+            async with speaker(c.srv.ws_url("stuck")) as b:
+                ending_a = await read_until_closed(a)
+                ready = json.loads(await asyncio.wait_for(b.recv(), t(20)))
+    assert ending_a.code == 4409 and [e["code"] for e in ending_a.errors] == [4409]
+    assert ready["type"] == "ready"
