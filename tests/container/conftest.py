@@ -25,6 +25,7 @@ SCRIPTS = REPO / "scripts" / "docker"
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
 IMAGE = os.environ.get("KVS_INGEST_TEST_IMAGE", "kvs-ingest:test")
 DRAIN_SECONDS = 20
+PROJECT_PREFIX = "kvsingesttest"
 
 
 def scaled(seconds: float) -> float:
@@ -141,7 +142,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(image: str) -> Iterator[Stack]:
     """`docker-compose up -d` of the real compose file, port published on 127.0.0.1 only."""
-    project = f"kvsingesttest{uuid.uuid4().hex[:8]}"
+    _remove_stale_projects()
+    project = f"{PROJECT_PREFIX}{uuid.uuid4().hex[:8]}"
     env = {
         "KVS_INGEST_IMAGE": image,
         "KVS_INGEST_PUBLISH_ADDRESS": "127.0.0.1",
@@ -156,3 +158,23 @@ def stack(image: str) -> Iterator[Stack]:
     finally:
         print(stack.logs()[-20000:])
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=300, check=False)
+
+
+def _remove_stale_projects() -> None:
+    """Containers, networks and volumes left by an earlier run that was killed mid-way."""
+    label = "com.docker.compose.project"
+    kinds = (
+        ("container", ("ps", "-a"), ".ID", ("rm", "-f")),
+        ("network", ("network", "ls"), ".ID", ("network", "rm")),
+        ("volume", ("volume", "ls"), ".Name", ("volume", "rm", "-f")),
+    )
+    for _kind, listing, field, remove in kinds:
+        template = f'{{{{{field}}}}} {{{{.Label "{label}"}}}}'
+        rows = docker(*listing, "--filter", f"label={label}", "--format", template)
+        stale = [
+            row.split()[0]
+            for row in rows.splitlines()
+            if len(row.split()) == 2 and row.split()[1].startswith(PROJECT_PREFIX)
+        ]
+        if stale:
+            docker(*remove, *stale, check=False)

@@ -24,6 +24,9 @@ import pytest
 
 from tests.container.conftest import DRAIN_SECONDS, REPO, Stack, scaled, sh
 
+# The first test also pays for the engine, the base image and the build on a fresh machine.
+pytestmark = pytest.mark.timeout(900)
+
 SPEECH = (
     "Good evening and welcome. This talk is being translated live, so please speak "
     "clearly into the microphone. Every word you say travels to the ingest service, "
