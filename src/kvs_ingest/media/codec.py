@@ -28,7 +28,8 @@ class AudioDecoder:
     def __init__(self, setup: CodecSetup) -> None:
         self.setup = setup
         try:
-            ctx = av.CodecContext.create(setup.codec, "r")
+            ctx = av.AudioCodecContext.create(setup.codec, "r")
+            assert isinstance(ctx, av.AudioCodecContext)
             ctx.sample_rate = setup.sample_rate
             ctx.layout = _LAYOUTS[setup.channels]
             if setup.extradata:
@@ -94,7 +95,9 @@ def _trim_end(frames: list[av.AudioFrame], discard: int) -> list[av.AudioFrame]:
             planar = last.format.is_planar
             data = data[:, :keep] if planar else data[:, : keep * len(last.layout.channels)]
             trimmed = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(data), format=last.format.name, layout=last.layout.name
+                np.ascontiguousarray(data),  # type: ignore[arg-type]
+                format=last.format.name,
+                layout=last.layout.name,
             )
             trimmed.sample_rate = last.sample_rate
             out.append(trimmed)
@@ -102,5 +105,5 @@ def _trim_end(frames: list[av.AudioFrame], discard: int) -> list[av.AudioFrame]:
 
 
 def _s16(frame: av.AudioFrame) -> bytes:
-    data: np.ndarray = frame.to_ndarray()
-    return data.tobytes()
+    # The plane's buffer may be padded past the last sample: cut it to the frame's length.
+    return bytes(frame.planes[0])[: frame.samples * 2]

@@ -70,7 +70,7 @@ class OggDemuxer:
                 raise MediaError(f"unsupported Ogg version {version}")
             if n - pos < 27 + nsegs:
                 break
-            lacing = buf[pos + 27 : pos + 27 + nsegs]
+            lacing = bytes(buf[pos + 27 : pos + 27 + nsegs])
             body_len = sum(lacing)
             end = pos + 27 + nsegs + body_len
             if end > n:
