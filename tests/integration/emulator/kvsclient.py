@@ -18,6 +18,7 @@ import aiohttp
 import boto3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 
 FACTOR = float(os.environ.get("KVS_TEST_TIMEOUT_FACTOR", "1"))
@@ -35,6 +36,8 @@ def client(service: str, url: str, *, key: str = "test", secret: str = "test") -
         region_name=REGION,
         aws_access_key_id=key,
         aws_secret_access_key=secret,
+        # one attempt: a test must see the emulator's answer, not botocore's retries of it
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=60),
     )
 
 
@@ -116,7 +119,7 @@ async def put_media(
     hold_open: asyncio.Event | None = None,
     stop_after_acks: int | None = None,
     headers: dict[str, str] | None = None,
-    timeout: float = 30.0,
+    total_seconds: float = 30.0,
 ) -> PutResult:
     """POST `chunks` as one chunked PutMedia body, reading acks while it is sent.
 
@@ -136,7 +139,9 @@ async def put_media(
     hdrs = headers or signed_putmedia_headers(endpoint, stream, key=key, secret=secret)
     parser = AckParser()
     result = PutResult(status=0)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(timeout))) as s:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=scaled(total_seconds))
+    ) as s:
         try:
             async with s.post(
                 endpoint.rstrip("/") + "/putMedia", data=body(), headers=hdrs, chunked=True
