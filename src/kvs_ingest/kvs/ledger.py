@@ -229,6 +229,21 @@ class FragmentLedger:
         frag.status = status
         self.buffered_samples -= frag.samples
 
+    def may_start(self, seq: int) -> bool:
+        """Whether a body may start fragment `seq` (which completes fragment `seq - 1`).
+
+        Only when every fragment before `seq - 1` is RECEIVED or resolved: at most one complete
+        fragment is ever unconfirmed. So when KVS refuses a fragment (ERROR 5000), no later one
+        can have been completed and stored behind it, and its re-send is not refused as out of
+        order (4004). Streaming in real time never waits here; a backlog goes at the ack rate.
+        """
+        for frag in self._items:
+            if frag.seq >= seq - 1:
+                break
+            if not (frag.resolved or frag.status is Status.RECEIVED):
+                return False
+        return True
+
     def awaiting_acks(self, conn: int) -> bool:
         """Something sent is waiting for PERSISTED: fully written on `conn`, or RECEIVED before."""
         return any(
@@ -280,6 +295,8 @@ class SendCursor:
             frag = ledger.get(self._seq)
             if frag is None or (self._stopping and self._offset == 0):
                 if self._last_sent and self._eofr_after != self._last_sent:
+                    if not ledger.may_start(self._last_sent + 1):
+                        return None
                     self._eofr_after = self._last_sent
                     return END_OF_FRAGMENT
                 if self._stopping and self._offset == 0:
@@ -288,6 +305,8 @@ class SendCursor:
             if frag.resolved and self._offset == 0:
                 self._seq += 1
                 continue
+            if self._offset == 0 and not ledger.may_start(frag.seq):
+                return None
             if self._offset < len(frag.data):
                 if self._offset == 0:
                     frag.attempts += 1

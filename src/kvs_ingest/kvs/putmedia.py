@@ -82,6 +82,21 @@ class PutMediaConnection:
         )
         self._connect_timeout = connect_timeout
         self.responded = False  # the 200 arrived: the connection was accepted
+        self.aborted = False
+        self._resp: aiohttp.ClientResponse | None = None
+
+    def abort(self) -> None:
+        """Cut the connection now, without the final chunk: KVS must not take the fragment in
+        progress as complete. `run` then raises PutMediaDropped; the body iterator should stop
+        when it sees `aborted`."""
+        self.aborted = True
+        resp = self._resp
+        if resp is not None and resp.connection is not None:
+            transport = resp.connection.transport
+            if transport is not None:
+                transport.abort()
+        if resp is not None:
+            resp.close()
 
     async def run(self, body: AsyncIterator[bytes], on_ack: Callable[[AckEvent], None]) -> None:
         """Send `body` and deliver acks; raises PutMediaRefused or PutMediaDropped."""
@@ -101,6 +116,9 @@ class PutMediaConnection:
                     ).split(":")[0]
                     raise PutMediaRefused(resp.status, error_type, raw.decode("utf-8", "replace"))
                 self.responded = True
+                self._resp = resp
+                if self.aborted:
+                    self.abort()
                 parser = AckParser()
                 async for chunk in resp.content.iter_any():
                     for event in parser.feed(chunk):

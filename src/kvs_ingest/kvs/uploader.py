@@ -247,12 +247,15 @@ class StreamUploader:
                 # Drop the connection now: nothing more may be persisted after the refused
                 # fragment on it, or its re-send would be refused as out of order (4004).
                 verdict.append(_End.RETRY if outcome.action is AckAction.RETRY else _End.RECONNECT)
-                runner.cancel()
+                conn.abort()
+            self._wake.set()
             if outcome.newly_resolved:
                 self._resolved(outcome.newly_resolved)
 
         async def body() -> AsyncIterator[bytes]:
             while True:
+                if conn.aborted:
+                    raise ConnectionAbortedError("PutMedia connection aborted")
                 chunk = cursor.next_bytes(time.monotonic())
                 if cursor.written:
                     self._written(cursor.written)
@@ -282,12 +285,16 @@ class StreamUploader:
 
         runner = asyncio.create_task(conn.run(body(), on_ack), name=f"putmedia:{conn_id}")
         try:
-            end = await self._watch(runner, conn, cursor, conn_id, progress, verdict)
+            return await self._watch(runner, conn, cursor, conn_id, progress, verdict)
         finally:
             if not runner.done():
-                runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-        return end
+                conn.abort()
+                self._wake.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(runner), 5.0)
+                except BaseException:
+                    runner.cancel()
+                    await asyncio.gather(runner, return_exceptions=True)
 
     async def _watch(
         self,
@@ -315,10 +322,14 @@ class StreamUploader:
                 if runner.done() and counted:
                     m.PUTMEDIA_OPEN.dec()
             now = time.monotonic()
-            if self.ledger.awaiting_acks(conn_id) and now - progress[0] > self.tuning.ack_timeout:
+            if (
+                not verdict
+                and self.ledger.awaiting_acks(conn_id)
+                and now - progress[0] > self.tuning.ack_timeout
+            ):
                 self._log.warning("putmedia_stale", seconds=round(now - progress[0], 1))
-                m.PUTMEDIA_OPEN.dec() if counted else None
-                return _End.STALE
+                verdict.append(_End.STALE)
+                conn.abort()
 
     def _ended(self, runner: asyncio.Task[None], cursor: SendCursor, verdict: list[_End]) -> _End:
         if verdict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_byte_by_byte() -> None:
 def test_random_cut_points(cuts: list[int]) -> None:
     """Any split of the body gives the same events."""
     bounds = [0, *sorted(cuts), len(STREAM)]
-    assert feed_all([STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]) == EXPECTED
+    assert feed_all([STREAM[a:b] for a, b in itertools.pairwise(bounds)]) == EXPECTED
 
 
 def test_trailing_partial_object_is_an_error_at_close() -> None:

@@ -30,11 +30,17 @@ def ledger_with(seconds: int, *, close_last: bool = True) -> tuple[FragmentLedge
     return ledger, [f.timecode for f in ledger]
 
 
-def drain(cursor: SendCursor) -> bytes:
+def drain(cursor: SendCursor, ledger: FragmentLedger | None = None) -> bytes:
+    """All the cursor sends; with `ledger`, KVS's RECEIVED acks for what it completed."""
     out = []
-    while (chunk := cursor.next_bytes(0.0)) is not None:
-        out.append(chunk)
-    return b"".join(out)
+    while True:
+        while (chunk := cursor.next_bytes(0.0)) is not None:
+            out.append(chunk)
+        if ledger is None or not cursor.written:
+            return b"".join(out)
+        for frag in cursor.written:
+            ledger.on_ack(ack(AckEventType.RECEIVED, frag.timecode), cursor.conn)
+        cursor.written.clear()
 
 
 def ack(kind: AckEventType, tc: int, error_id: int | None = None) -> AckEvent:
@@ -45,7 +51,7 @@ def test_cursor_sends_header_fragments_then_end_of_fragment() -> None:
     """A connection's body is the header, every fragment in order, then one END_OF_FRAGMENT."""
     ledger, _ = ledger_with(3)
     cursor = SendCursor(ledger, 1, HEADER, ledger.rollback(Rollback.AFTER_PERSISTED))
-    sent = drain(cursor)
+    sent = drain(cursor, ledger)
     assert sent == HEADER + b"".join(bytes(f.data) for f in ledger) + END_OF_FRAGMENT
     assert [f.sent_conn for f in ledger] == [1, 1, 1]
     assert drain(cursor) == b""
@@ -90,9 +96,9 @@ def test_retryable_error_resends_from_that_fragment_byte_for_byte() -> None:
     assert out.action is AckAction.RETRY
     ledger.pop_resolved()
     start = ledger.rollback(Rollback.AFTER_PERSISTED)
-    sent = drain(SendCursor(ledger, 2, HEADER, start))
+    sent = drain(SendCursor(ledger, 2, HEADER, start), ledger)
     assert sent == HEADER + b"".join(bytes(f.data) for f in ledger) + END_OF_FRAGMENT
-    assert [f.attempts for f in ledger] == [2, 2]
+    assert [f.attempts for f in ledger] == [2, 1]  # the third never went out before the error
 
 
 def test_connection_error_resends_after_last_received() -> None:
@@ -163,3 +169,13 @@ def test_acks_for_unknown_timecodes_are_ignored() -> None:
     ledger, _ = ledger_with(1)
     out = ledger.on_ack(ack(AckEventType.PERSISTED, 42), 1)
     assert out.fragment is None and ledger.buffered_samples == 16000
+
+
+def test_at_most_one_complete_fragment_is_unconfirmed() -> None:
+    """Without acks the body completes one fragment and stops: a refusal can be re-sent in order."""
+    ledger, _ = ledger_with(4)
+    cursor = SendCursor(ledger, 1, HEADER, 1)
+    sent = drain(cursor)
+    assert sent == HEADER + bytes(ledger.get(1).data) + bytes(ledger.get(2).data)
+    ledger.on_ack(ack(AckEventType.RECEIVED, ledger.get(1).timecode), 1)
+    assert drain(cursor) == bytes(ledger.get(3).data)
