@@ -572,8 +572,13 @@ class Emulator:
                 raise invalid("StartTimestamp is required for a timestamp selector")
             at = _ms(selector["StartTimestamp"])
             for i, f in enumerate(frags):
-                start = f.producer_ms if kind == "PRODUCER_TIMESTAMP" else f.server_ms
-                if start + f.duration_ms > at:
+                # producer time: the fragment that contains the instant; server time: the
+                # first fragment received at or after it
+                if (
+                    f.producer_ms + f.duration_ms > at
+                    if kind == "PRODUCER_TIMESTAMP"
+                    else f.server_ms >= at
+                ):
                     return (frags[i - 1].number if i else before_first), False
             return (frags[-1].number if frags else before_first), False
         raise invalid("StartSelectorType is invalid")
