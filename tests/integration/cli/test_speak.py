@@ -57,8 +57,8 @@ async def run_cmd(*args: str, env: dict[str, str], within: float) -> tuple[int, 
 
 
 async def test_speak_30s_into_serve_embedded(tmp_path: Path, speech_30s: Path) -> None:
-    """speak → serve (embedded emulator): all chunks acked, exit 0; what KVS holds matches the
-    ffmpeg decode of the file (length ± 20 ms, correlation ≥ 0.99)."""
+    """speak → serve (embedded emulator) → fetch: all chunks acked, exits 0; the fetched WAV matches
+    the ffmpeg decode of the file (length ± 20 ms, correlation ≥ 0.99)."""
     data_dir = tmp_path / "kvs-data"
     env = clean_env(
         KVS_INGEST_AUTH_MODE="hs256", KVS_INGEST_AUTH_SECRET=SECRET,
@@ -81,9 +81,17 @@ async def test_speak_30s_into_serve_embedded(tmp_path: Path, speech_30s: Path) -
     assert summary["sent"] == summary["chunks"] >= 100
     acks = [m for m in lines if m.get("type") == "ack"]
     assert acks[-1]["seq"] == summary["chunks"] - 1
-    # Read back what the embedded emulator stored, through an emulator on the same data dir.
-    async with Emulator(EmulatorConfig(data_dir=data_dir)) as emu:
-        got = pcm_of(await read_stream(emu.url, "session-accept"))
+    # `kvs-ingest fetch` reads the embedded emulator's data dir back into a WAV.
+    wav = tmp_path / "out.wav"
+    code, _, err = await run_cmd(
+        "fetch", "--session", "accept", "-o", str(wav), env=env, within=120
+    )
+    assert code == 0, err
+    got = ffmpeg_16k(wav)  # ffmpeg reads the WAV: an outside check of its header too
     want = ffmpeg_16k(speech_30s)
     assert abs(len(got) - len(want)) <= 320, (len(got), len(want))
     assert correlation(got, want) >= 0.99
+    # The same audio straight from the stored fragments, through boto3.
+    async with Emulator(EmulatorConfig(data_dir=data_dir)) as emu:
+        stored = pcm_of(await read_stream(emu.url, "session-accept"))
+    assert np.array_equal(stored, got)
