@@ -76,7 +76,7 @@ class ServerLimits:
     `IDLE_TIMEOUT_SECONDS`, `RATE_BURST_SECONDS`, `RATE_LIMIT_FACTOR`).
     """
 
-    max_connections_per_client: int = 100  # per client address (X-Forwarded-For first hop)
+    max_connections_per_client: int = 100  # per client address (X-Forwarded-For last hop)
     finish_timeout: float = 60.0  # `stop` waits this long for PERSISTED, then 4503
     handover_timeout: float = 10.0  # a replaced/draining socket has this long to hand over
     ping_interval: float = 20.0  # keeps idle proxies (ALB: 60 s) from dropping the socket
@@ -683,8 +683,10 @@ def _select_subprotocol(
 
 
 def _client_key(conn: ServerConnection, request: Request) -> str:
+    # Behind the ALB the peer is the balancer; it appends the client's address as the LAST
+    # X-Forwarded-For entry (earlier entries come from the client and can be forged).
     forwarded = request.headers.get("X-Forwarded-For")
     if forwarded:
-        return forwarded.split(",")[0].strip()
+        return forwarded.split(",")[-1].strip()
     addr = conn.remote_address
     return str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)

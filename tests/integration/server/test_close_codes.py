@@ -92,7 +92,9 @@ async def test_4429_too_many_connections_from_one_client(tmp_path: Path) -> None
     async with chain(tmp_path, limits=limits) as c:
         async with speaker(c.srv.ws_url("pc1")) as first:
             await wait_ready(first)
-            async with speaker(c.srv.ws_url("pc2")) as second:
+            # A forged first X-Forwarded-For hop does not make it another client.
+            forged = {"X-Forwarded-For": "203.0.113.9, 127.0.0.1"}
+            async with speaker(c.srv.ws_url("pc2"), additional_headers=forged) as second:
                 ending = await read_until_closed(second)
             assert first.close_code is None
     closed_with(ending, 4429)
