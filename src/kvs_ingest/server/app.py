@@ -162,6 +162,8 @@ class IngestServer:
             self.static_files = (
                 await asyncio.to_thread(web.load_static) if self.settings.demo_page else {}
             )
+        if self.settings.demo_page and not self.static_files:
+            log.warning("demo_page_missing", folder=str(web.STATIC_DIR))
         ssl_ctx: ssl.SSLContext | None = None
         if self.settings.tls_cert_file is not None and self.settings.tls_key_file is not None:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
