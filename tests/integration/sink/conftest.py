@@ -145,8 +145,8 @@ async def feed(speaker: Speaker, pcm: bytes, chunk: int = 8000, pace: float = 0.
             await asyncio.sleep(pace)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + t(timeout)
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    deadline = asyncio.get_running_loop().time() + t(within)
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)

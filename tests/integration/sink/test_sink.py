@@ -9,8 +9,6 @@ import pytest
 
 from .conftest import ReadBack, Sink, StartSink, eventually, feed, pcm_ramp, t
 
-pytestmark = pytest.mark.asyncio
-
 
 def assert_exact(back: ReadBack, pcm: bytes) -> None:
     """Every sample once, in order; timecodes strictly increasing across the session."""
@@ -75,7 +73,7 @@ async def test_withheld_acks_make_the_connection_stale(start_sink: StartSink) ->
     pcm = pcm_ramp(5, seed=3)
     async with start_sink() as sink:
         await sink.fault({"kind": "withhold_acks"})
-        session, speaker = await sink.speaker("withheld")
+        _, speaker = await sink.speaker("withheld")
         await feed(speaker, pcm)
 
         async def reconnected() -> bool:
