@@ -163,3 +163,17 @@ async def test_1011_when_tokens_cannot_be_checked() -> None:
             ending = await read_until_closed(ws)
     closed_with(ending, 1011)
     assert registry.opened == []
+
+
+async def test_4503_and_readyz_when_the_control_plane_fails(tmp_path: Path) -> None:
+    """KVS's control plane failing: the new session's speaker gets 4503 and /readyz turns 503
+    kvs_unavailable; /healthz stays 200."""
+    tuning = Tuning(control_attempts=2, backoff_base=0.01, backoff_cap=0.05)
+    async with chain(tmp_path, tuning=tuning) as c:
+        await add_fault(c.emulator, {"kind": "fail", "api": "DescribeStream", "count": 50})
+        async with speaker(c.srv.ws_url("nokvs")) as ws:
+            ending = await read_until_closed(ws)
+        ready, body, _ = await http_get(c.srv.http + "/readyz")
+        live, _, _ = await http_get(c.srv.http + "/healthz")
+    closed_with(ending, 4503)
+    assert (ready, json.loads(body)["reason"], live) == (503, "kvs_unavailable", 200)
