@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,11 +119,13 @@ async def put_media(
     hold_open: asyncio.Event | None = None,
     stop_after_acks: int | None = None,
     headers: dict[str, str] | None = None,
+    opened: asyncio.Event | None = None,
     total_seconds: float = 30.0,
 ) -> PutResult:
     """POST `chunks` as one chunked PutMedia body, reading acks while it is sent.
 
-    `hold_open`: keep the body open (after the chunks) until the event is set.
+    `hold_open`: keep the body open (after the chunks) until the event is set; `opened` is set
+    once the response's status and headers have arrived.
     """
     sent_all = asyncio.Event()
 
@@ -147,6 +149,8 @@ async def put_media(
                 endpoint.rstrip("/") + "/putMedia", data=body(), headers=hdrs, chunked=True
             ) as response:
                 result.status = response.status
+                if opened is not None:
+                    opened.set()
                 error = response.headers.get("x-amzn-ErrorType")
                 result.error_type = error.split(":")[0] if error else None
                 if response.status != 200:
@@ -162,3 +166,19 @@ async def put_media(
                 aiohttp.ClientOSError):  # fmt: skip
             result.ended = "dropped"
     return result
+
+
+async def eventually(predicate: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait for a condition no event announces (a request reaching the server)."""
+    deadline = time.monotonic() + scaled(seconds)
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def stored(emulator: Any, stream: str, count: int, seconds: float = 10.0) -> None:
+    """Wait until `stream` holds `count` fragments, woken by the store's change event."""
+    rec = emulator.store.streams[stream]
+    async with asyncio.timeout(scaled(seconds)):
+        while len(rec.fragments) < count:
+            await rec.changed.wait()

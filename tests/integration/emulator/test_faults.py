@@ -15,7 +15,7 @@ from kvs_ingest.emulator import Emulator
 from kvs_ingest.mkv import writer as w
 
 from .conftest import StartEmulator
-from .kvsclient import client, put_media, scaled
+from .kvsclient import client, put_media, scaled, stored
 from .media import sine, writer_chunks
 
 
@@ -85,8 +85,7 @@ async def test_delay_acks(emulator: Emulator) -> None:
     hold = asyncio.Event()
 
     async def watch() -> None:
-        while not emulator.stats.fragments_persisted.get("dl"):
-            await asyncio.sleep(0.01)
+        await stored(emulator, "dl", 1)
         first_ack.append(time.monotonic())
 
     watcher = asyncio.create_task(watch())
@@ -105,16 +104,10 @@ async def test_withhold_acks(emulator: Emulator) -> None:
     await create(emulator, "wh")
     await fault(emulator, {"kind": "withhold_acks", "stream": "wh"})
     hold = asyncio.Event()
-    task = asyncio.create_task(
-        put_media(
-            emulator.url, "wh", writer_chunks(t0(), sine(2.0), end_of_fragment=True), hold_open=hold
-        )  # fmt: skip
-    )
-    deadline = time.monotonic() + scaled(10)
-    while emulator.stats.fragments_persisted.get("wh", 0) < 2:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
+    chunks = writer_chunks(t0(), sine(2.0), end_of_fragment=True)
+    task = asyncio.create_task(put_media(emulator.url, "wh", chunks, hold_open=hold))
+    await stored(emulator, "wh", 2)
+    await asyncio.sleep(0.3)  # time for acks that must not come
     assert not task.done()
     hold.set()
     result = await asyncio.wait_for(task, scaled(10))
@@ -217,12 +210,11 @@ async def test_second_connection_and_call_rate(emulator: Emulator) -> None:
     """A second concurrent PutMedia on a stream gets ConnectionLimitExceededException; more
     than 5 PutMedia calls in a second get ClientLimitExceededException."""
     await create(emulator, "c")
-    hold = asyncio.Event()
+    hold, opened = asyncio.Event(), asyncio.Event()
     first = asyncio.create_task(
-        put_media(emulator.url, "c", writer_chunks(t0(), sine(1.0)), hold_open=hold)
+        put_media(emulator.url, "c", writer_chunks(t0(), sine(1.0)), hold_open=hold, opened=opened)
     )
-    while not emulator.stats.putmedia_connections.get("c"):
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(opened.wait(), scaled(10))
     second = await put_media(emulator.url, "c", writer_chunks(t0(), sine(1.0)))
     assert (second.status, second.error_type) == (400, "ConnectionLimitExceededException")
     hold.set()
@@ -309,14 +301,13 @@ async def test_stream_deleted_while_writing(emulator: Emulator) -> None:
     arn = (await asyncio.to_thread(kvs.describe_stream, StreamName="gone"))["StreamInfo"][
         "StreamARN"
     ]
-    hold = asyncio.Event()
-    start = t0()
-    chunks = writer_chunks(start, sine(1.0))
-    task = asyncio.create_task(put_media(emulator.url, "gone", chunks, hold_open=hold))
-    while not emulator.stats.putmedia_connections.get("gone"):
-        await asyncio.sleep(0.01)
+    hold, opened = asyncio.Event(), asyncio.Event()
+    chunks = writer_chunks(t0(), sine(1.0))
+    task = asyncio.create_task(
+        put_media(emulator.url, "gone", chunks, hold_open=hold, opened=opened)
+    )
+    await asyncio.wait_for(opened.wait(), scaled(10))
     await asyncio.to_thread(kvs.delete_stream, StreamARN=arn)
-    await asyncio.sleep(0.05)
     hold.set()
     result = await asyncio.wait_for(task, scaled(10))
     assert [e["ErrorId"] for e in result.of("ERROR")] == [4008]

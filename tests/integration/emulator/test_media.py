@@ -14,7 +14,14 @@ from botocore.exceptions import ClientError
 
 from kvs_ingest.emulator import Emulator
 
-from .kvsclient import client, data_client, put_media, scaled, signed_putmedia_headers
+from .kvsclient import (
+    client,
+    data_client,
+    eventually,
+    put_media,
+    scaled,
+    signed_putmedia_headers,
+)
 from .media import (
     ffmpeg_mkv,
     ffmpeg_pcm,
@@ -203,11 +210,7 @@ async def test_selectors_and_list_fragments(emulator: Emulator) -> None:
 
     # NOW: only what is persisted after the request
     now_task = asyncio.create_task(starts({"StartSelectorType": "NOW"}))
-    deadline = time.monotonic() + scaled(10)
-    while emulator.stats.calls["GetMedia"]["sel"] < 7:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: emulator.stats.calls["GetMedia"]["sel"] == 7, "GetMedia NOW")
     later = await put_media(emulator.url, "sel", writer_chunks(t0 + 3000, sine(1.0)))
     assert await asyncio.wait_for(now_task, scaled(20)) == [
         later.of("PERSISTED")[0]["FragmentNumber"]
