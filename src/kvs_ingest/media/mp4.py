@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from kvs_ingest.media.errors import MediaError
 from kvs_ingest.media.events import AudioPacket, CodecSetup, DemuxEvent
 
-MAX_BOX_BYTES = 16 << 20
+MAX_BOX_BYTES = 2 << 20  # a 1 s fragment of AAC or Opus is ~16 KiB
 MAX_SAMPLES_PER_RUN = 1 << 16
 _CONTAINERS = frozenset({b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"edts", b"traf"})
 _BUFFERED = frozenset({b"moov", b"moof", b"mdat"})

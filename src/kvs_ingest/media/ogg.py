@@ -19,7 +19,7 @@ _HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, seria
 _FLAG_CONTINUED = 0x01
 _FLAG_BOS = 0x02
 _FLAG_EOS = 0x04
-MAX_PACKET_BYTES = 1 << 20
+MAX_PACKET_BYTES = 256 << 10  # an Opus packet is at most ~8 KiB (120 ms at 510 kbit/s)
 
 
 def parse_opus_head(head: bytes) -> CodecSetup:

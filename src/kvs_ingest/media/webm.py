@@ -31,7 +31,7 @@ from kvs_ingest.mkv import (
     read_uint,
 )
 
-MAX_ELEMENT_BYTES = 8 << 20
+MAX_ELEMENT_BYTES = 1 << 20  # a browser block is a few KiB (Chrome PCM: 3.5 KiB)
 _DOC_TYPES = frozenset({"webm", "matroska"})
 _TRACK_AUDIO = 2
 
