@@ -120,6 +120,7 @@ async def put_media(
     stop_after_acks: int | None = None,
     headers: dict[str, str] | None = None,
     opened: asyncio.Event | None = None,
+    on_ack: Callable[[dict[str, Any]], None] | None = None,
     total_seconds: float = 30.0,
 ) -> PutResult:
     """POST `chunks` as one chunked PutMedia body, reading acks while it is sent.
@@ -157,7 +158,10 @@ async def put_media(
                     result.acks = [await response.json(content_type=None)]
                     return result
                 async for data in response.content.iter_any():
-                    result.acks += parser.feed(data)
+                    for ack in parser.feed(data):
+                        result.acks.append(ack)
+                        if on_ack is not None:
+                            on_ack(ack)
                     if hold_open is not None and stop_after_acks is not None:
                         if len(result.acks) >= stop_after_acks:
                             hold_open.set()
