@@ -79,7 +79,7 @@ async def test_gaps_are_printed_and_filled_only_on_request(
         )
     assert code == code2 == 0
     assert wav_pcm(tmp_path / "c.wav") == first + second
-    assert "gap of" in out
+    assert "gap of" in out and "filled with silence" in out2
     filled = wav_pcm(tmp_path / "f.wav")
     silence = len(filled) - len(first) - len(second)
     assert gap_ms >= 1200
