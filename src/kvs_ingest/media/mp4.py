@@ -5,6 +5,8 @@ Safari's `audio/mp4` (AAC) and Chrome's `audio/mp4` (Opus) MediaRecorder output,
 moof+mdat pairs. Boxes are buffered whole up to a cap (a fragment's mdat is a few KiB of audio);
 boxes we do not need are skipped as they stream past. A second moov starts a new segment. A
 progressive MP4 (samples in a moov's sample tables) is refused: a live recorder never writes one.
+Edit lists are ignored, as FFmpeg ignores them in fragmented files (checked: an elst with
+media_time 1024 or 2112 leaves FFmpeg's decode unchanged), so our output lines up with it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ class _Track:
     timescale: int = 0
     setup: CodecSetup | None = None
     entry: bytes = b""  # sample entry type, for error messages
-    skip: int = 0  # edit list media_time: leading samples to drop (timescale units)
     default_size: int = 0
 
 
@@ -193,30 +194,12 @@ def _walk_trak(body: bytes, track: _Track) -> None:
         elif kind == b"mdhd":
             version = payload[0]
             track.timescale = struct.unpack_from(">I", payload, 20 if version == 1 else 12)[0]
-        elif kind == b"elst":
-            track.skip = _first_media_time(payload)
         elif kind == b"stsd":
             entries = _children(payload, 8)
             if entries:
                 track.entry, entry = entries[0]
                 if track.handler == b"soun":
                     track.setup = _sample_entry(track.entry, entry)
-
-
-def _first_media_time(payload: bytes) -> int:
-    version = payload[0]
-    count = struct.unpack_from(">I", payload, 4)[0]
-    pos = 8
-    for _ in range(count):
-        if version == 1:
-            _duration, media_time = struct.unpack_from(">Qq", payload, pos)
-            pos += 20
-        else:
-            _duration, media_time = struct.unpack_from(">Ii", payload, pos)
-            pos += 12
-        if media_time >= 0:
-            return int(media_time)
-    return 0
 
 
 def _sample_entry(kind: bytes, entry: bytes) -> CodecSetup | None:
