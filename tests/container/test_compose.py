@@ -27,10 +27,10 @@ from tests.container.conftest import DRAIN_SECONDS, REPO, Stack, scaled, sh
 # The first test also pays for the engine, the base image and the build on a fresh machine.
 pytestmark = pytest.mark.timeout(900)
 
+# About 7 s of speech: under the service's 10 s burst allowance, so `--speed 2` is not 4429.
 SPEECH = (
-    "Good evening and welcome. This talk is being translated live, so please speak "
-    "clearly into the microphone. Every word you say travels to the ingest service, "
-    "is decoded, and lands in Kinesis Video Streams."
+    "Good evening and welcome. This talk is being translated live, "
+    "so please speak clearly into the microphone."
 )
 KVS_CLI = str(Path(sys.executable).parent / "kvs-ingest")
 
@@ -168,7 +168,7 @@ def test_speech_round_trip_through_compose(
     stack: Stack, url: str, speech: Path, tmp_path: Path
 ) -> None:
     """speak → published port → ingest → kvs emulator → fetch in the kvs container = the speech."""
-    process = speak(url, "compose-roundtrip", speech, speed=4)
+    process = speak(url, "compose-roundtrip", speech, speed=2)
     out, err = process.communicate(timeout=scaled(120))
     assert process.returncode == 0, out + err
     summary = json.loads(out.strip().splitlines()[-1])
@@ -176,8 +176,12 @@ def test_speech_round_trip_through_compose(
     reference = reference_pcm(speech)
     got = fetch(stack, "compose-roundtrip", tmp_path / "roundtrip.wav")
     # Everything sent is there (fragments are whole seconds; allow one of slack either way).
+    match = best_match(reference, got)
+    print(f"round trip: sent {len(reference) / 16000:.2f} s, fetched {len(got) / 16000:.2f} s, "
+          f"envelope correlation {match:.3f}")  # fmt: skip
     assert abs(len(got) - len(reference)) / 16000 < 1.0, (len(got), len(reference))
-    assert best_match(reference, got) > 0.9
+    assert match > 0.9
+    assert best_match(reference, got[::-1]) < 0.6  # the oracle tells speech from its reverse
 
 
 def test_docker_compose_stop_drains_and_exits_zero(
@@ -200,6 +204,7 @@ def test_docker_compose_stop_drains_and_exits_zero(
     state = stack.state("ingest")
     assert state["Running"] is False
     assert state["ExitCode"] == 0 and state["OOMKilled"] is False, stack.logs("ingest")[-4000:]
+    print(f"docker-compose stop ingest: {stop_seconds:.2f} s")
     assert stop_seconds < DRAIN_SECONDS + 10  # not the 45 s SIGKILL deadline
     assert "1012" in err, (out, err)
 
@@ -214,5 +219,7 @@ def test_docker_compose_stop_drains_and_exits_zero(
     messages = seen + [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     acks = [m for m in messages if m.get("type") == "ack"]
     got = fetch(stack, "compose-drain", tmp_path / "drain.wav")
+    print(f"drain: last persisted_ms acked {acks[-1].get('persisted_ms')}, "
+          f"fetched {len(got) / 16000:.2f} s")  # fmt: skip
     assert len(got) / 16000 >= max(a.get("persisted_ms", 0) for a in acks) / 1000 - 0.5
     assert len(got) / 16000 >= 1.0
