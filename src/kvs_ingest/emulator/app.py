@@ -141,9 +141,10 @@ class Emulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self._port = server.sockets[0].getsockname()[1]
+        for address in self._runner.addresses:  # the port the OS chose for port 0
+            if isinstance(address, tuple):
+                self._port = int(address[1])
+                break
         self._sweeper = asyncio.create_task(self._sweep_loop())
         self._log.info(
             "emulator_started",
@@ -417,12 +418,10 @@ class Emulator:
             lo, hi = _ms(rng["StartTimestamp"]), _ms(rng["EndTimestamp"])
             if hi < lo:
                 raise invalid("EndTimestamp is before StartTimestamp")
-            key = (
-                (lambda f: f.producer_ms)
-                if kind == "PRODUCER_TIMESTAMP"
-                else (lambda f: f.server_ms)
-            )
-            frags = [f for f in frags if lo <= key(f) <= hi]
+            by_producer = kind == "PRODUCER_TIMESTAMP"
+            frags = [
+                f for f in frags if lo <= (f.producer_ms if by_producer else f.server_ms) <= hi
+            ]
         start = _token_offset(body.get("NextToken"))
         page = frags[start : start + max_results]
         result: dict[str, Any] = {
@@ -536,10 +535,17 @@ class Emulator:
                 after = meta.number
             if rec.deleted:
                 break
-            try:
-                await asyncio.wait_for(changed.wait(), timeout=idle)
-            except TimeoutError:
-                break
+            waiters = [
+                asyncio.ensure_future(changed.wait()),
+                asyncio.ensure_future(self._closing.wait()),
+            ]
+            done, pending_waits = await asyncio.wait(
+                waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending_waits:
+                waiter.cancel()
+            if not done:
+                break  # caught up and idle: end the response cleanly
         with contextlib.suppress(ConnectionError, RuntimeError):
             await response.write_eof()
         return response

@@ -203,6 +203,7 @@ class Stats:
     putmedia_connections: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     fragments_persisted: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     fragments_errored: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    short_fragments: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     errors: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def call(self, api: str, stream: str | None) -> None:
@@ -215,5 +216,6 @@ class Stats:
             "putmedia_connections": dict(self.putmedia_connections),
             "fragments_persisted": dict(self.fragments_persisted),
             "fragments_errored": dict(self.fragments_errored),
+            "short_fragments": dict(self.short_fragments),
             "ack_errors": dict(self.errors),
         }

@@ -202,6 +202,13 @@ class PutMediaConnection:
             if previous is not None and producer_ms <= previous:
                 self._error(limits.ERR_TIMECODE)
                 return
+            minimum = self._emu.config.min_fragment_ms
+            if minimum and fragment.duration_ms < minimum:
+                # AWS publishes no threshold and no error id for this: counted, logged, stored
+                self._emu.stats.short_fragments[self._stream] += 1
+                self._log.warning(
+                    "putmedia_short_fragment", duration_ms=fragment.duration_ms, minimum=minimum
+                )
             self._ack(self._fields("RECEIVED"))
             try:
                 meta = await self._emu.store.persist(
