@@ -67,6 +67,7 @@ class SessionRegistry:
             raise SessionClosed("shutting down")
         session = self._sessions.get(session_id)
         if session is not None and session.state is State.ACTIVE:
+            session.touch()
             return session
         future = self._opening.get(session_id)
         if future is None:

@@ -155,6 +155,11 @@ class Session:
             and not self._writer.is_open
         )
 
+    def touch(self) -> None:
+        """A socket is about to attach: keep the registry from letting the session go."""
+        if self._alone_since is not None:
+            self._alone_since = time.monotonic()
+
     def attach(self, on_persisted: Callable[[int], None]) -> Speaker:
         """A new speaker: its audio continues the session's timeline at the current wall-clock
         time, after a gap for the time nobody spoke."""

@@ -37,6 +37,7 @@ async def test_sixty_seconds_make_sixty_fragments_on_one_connection(start_sink: 
     assert back.lengths == [1000] * 60
     assert stats["putmedia_connections"]["session-sixty"] == 1
     assert stats["fragments_persisted"]["session-sixty"] == 60
+    assert not stats["fragments_errored"] and not stats["ack_errors"]  # strict checks passed
     assert [b - a for a, b in zip(back.timecodes, back.timecodes[1:], strict=False)] == [1000] * 59
 
 
