@@ -61,6 +61,12 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
     return sh("docker", *args, timeout=timeout, check=check).stdout.decode().strip()
 
 
+def container_logs(container: str) -> str:
+    """A container's stdout and stderr (the service logs JSON lines to stderr)."""
+    result = sh("docker", "logs", container, check=False)
+    return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+
+
 @pytest.fixture(scope="session")
 def engine() -> str:
     """A Docker engine that answers (started here when none does); its version line."""
@@ -134,9 +140,7 @@ class Stack:
 
     def raw_logs(self, service: str) -> list[str]:
         """The container's own output lines (JSON from the service), without compose's prefix."""
-        result = sh("docker", "logs", self.container(service), check=False)
-        text = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
-        return text.splitlines()
+        return container_logs(self.container(service)).splitlines()
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ import json
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.container.conftest import SCRIPTS, docker, scaled
+from tests.container.conftest import SCRIPTS, container_logs, docker, scaled
 
 # The first test also pays for the engine, the base image and the build on a fresh machine.
 pytestmark = pytest.mark.timeout(900)
@@ -147,3 +149,27 @@ def test_healthcheck_script_follows_the_service_port(
     probe_server.shutdown()
     probe_server.server_close()
     assert _healthcheck({"KVS_INGEST_PORT": port}) == 1
+
+
+def test_image_alone_serves_healthy_on_a_read_only_root_and_stops_cleanly(image: str) -> None:
+    """`docker run --read-only IMAGE` (embedded KVS in /data): Docker's HEALTHCHECK turns healthy,
+    and `docker stop` ends it with exit 0 through the drain."""
+    name = f"kvs-alone-{uuid.uuid4().hex[:8]}"
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--network", "none",
+           "--health-interval", "1s", "--health-start-period", "60s", image)  # fmt: skip
+    try:
+        deadline = time.monotonic() + scaled(90)
+        status = ""
+        while status != "healthy":
+            state = json.loads(docker("inspect", name))[0]["State"]
+            status = state.get("Health", {}).get("Status", "")
+            assert state["Running"], container_logs(name)
+            assert time.monotonic() < deadline, f"health {status}: " + container_logs(name)
+            time.sleep(0.5)
+        docker("stop", "--time", "30", name, timeout=60)
+        state = json.loads(docker("inspect", name))[0]["State"]
+        logs = container_logs(name)
+        assert state["ExitCode"] == 0, logs
+        assert '"event": "drained"' in logs and '"backend": "embedded"' in logs, logs
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
