@@ -183,6 +183,7 @@ class Store:
 
     async def add_stream(self, rec: StreamRecord) -> None:
         self.streams[rec.name] = rec
+        await asyncio.to_thread(self._delete_sync, rec.name)  # leftovers of an older stream
         await self.save_stream(rec)
 
     async def delete_stream(self, rec: StreamRecord) -> None:
@@ -241,7 +242,9 @@ class Store:
 
     @staticmethod
     def _persist_sync(frag_dir: Path, number: str, body: bytes, meta: FragmentMeta) -> None:
-        frag_dir.mkdir(parents=True, exist_ok=True)
+        if not (frag_dir.parent / "stream.json").is_file():
+            raise FileNotFoundError(frag_dir.parent)  # deleted meanwhile: do not resurrect it
+        frag_dir.mkdir(exist_ok=True)
         _write_atomic(frag_dir / f"{number}.mkv", body, sync_dir=False)
         _write_atomic(frag_dir / f"{number}.json", json.dumps(asdict(meta)).encode())
 

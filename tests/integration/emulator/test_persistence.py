@@ -77,3 +77,21 @@ async def test_retention_removes_old_fragments(start_emulator: StartEmulator) ->
     await eventually(lambda: not list(frag_dir.glob("*.mkv")), "retention sweep", 10)
     assert await list_fragments(emulator, "short") == []
     assert len(await list_fragments(emulator, "forever")) == 2
+
+
+async def test_deleted_stream_leaves_nothing(start_emulator: StartEmulator) -> None:
+    """A deleted stream's fragments are gone, also for a new stream of the same name and after
+    a restart."""
+    emulator = await start_emulator()
+    kvs = client("kinesisvideo", emulator.url)
+    await asyncio.to_thread(kvs.create_stream, StreamName="re")
+    t0 = int(time.time() * 1000) - 60_000
+    assert len((await put_media(emulator.url, "re", writer_chunks(t0, sine(1.0)))).of(
+        "PERSISTED")) == 1  # fmt: skip
+    arn = (await asyncio.to_thread(kvs.describe_stream, StreamName="re"))["StreamInfo"]["StreamARN"]
+    await asyncio.to_thread(kvs.delete_stream, StreamARN=arn)
+    await asyncio.to_thread(kvs.create_stream, StreamName="re")
+    assert await list_fragments(emulator, "re") == []
+    await emulator.stop()
+    again = await start_emulator()
+    assert await list_fragments(again, "re") == []
