@@ -180,8 +180,6 @@ class StreamUploader:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-            if self._closing and failures and not self.ledger.unresolved:
-                return
             self.state = State.CONNECTING
             endpoint: str | None = None
             try:
@@ -256,6 +254,12 @@ class StreamUploader:
             while True:
                 if conn.aborted:
                     raise ConnectionAbortedError("PutMedia connection aborted")
+                if not stopping[0] and time.monotonic() >= deadline:
+                    # Rotation: finish the fragment in progress, then end this connection,
+                    # even when a backlog means the body never catches up.
+                    stopping[0] = True
+                    self.state = State.DRAINING
+                    cursor.stop_at_boundary()
                 chunk = cursor.next_bytes(time.monotonic())
                 if cursor.written:
                     self._written(cursor.written)

@@ -6,8 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from .conftest import ReadBack, Sink, StartSink, eventually, feed, pcm_ramp, t
+
+
+def metric(name: str, **labels: str) -> float:
+    """A value from the process-wide Prometheus registry (what /metrics serves)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def assert_exact(back: ReadBack, pcm: bytes) -> None:
@@ -30,9 +36,13 @@ async def run_session(sink: Sink, session_id: str, pcm: bytes, pace: float = 0.0
 async def test_sixty_seconds_make_sixty_fragments_on_one_connection(start_sink: StartSink) -> None:
     """60 s of PCM -> 60 fragments of 1 s over one PutMedia connection; read-back is exact."""
     pcm = pcm_ramp(60)
+    before = metric("kvs_ingest_fragments_persisted_total")
+    connects = metric("kvs_ingest_putmedia_connects_total", outcome="ok")
     async with start_sink() as sink:
         back = await run_session(sink, "sixty", pcm)
         stats = await sink.stats()
+    assert metric("kvs_ingest_fragments_persisted_total") - before == 60
+    assert metric("kvs_ingest_putmedia_connects_total", outcome="ok") - connects == 1
     assert_exact(back, pcm)
     assert back.lengths == [1000] * 60
     assert stats["putmedia_connections"]["session-sixty"] == 1
