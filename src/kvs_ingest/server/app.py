@@ -193,6 +193,7 @@ class IngestServer:
             tls=ssl_ctx is not None,
             auth_mode=str(self.settings.auth_mode),
             demo_page=bool(self.static_files),
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     async def run(self, shutdown: Awaitable[Any]) -> None:

@@ -105,6 +105,7 @@ async def test_sigterm_drains_twenty_live_speakers(tmp_path: Path) -> None:
             got = pcm_of(blocks)
             assert abs(len(got) - len(want)) <= 320, (i, len(sent), len(got), len(want))
     assert serve.events("drained"), serve.lines[-10:]
+    assert serve.events("listening")[0]["loop"] == "uvloop"
     logged = json.dumps(serve.lines)
     assert not any(tok in logged for tok in tokens)  # never a token in the logs
     assert SECRET not in logged
