@@ -16,7 +16,7 @@ from kvs_ingest.kvs.tuning import Tuning
 from kvs_ingest.server.app import ServerLimits
 
 from .chain import add_fault, chain, corpus_chunks, correlation, ffmpeg_pcm, pcm_of, read_stream
-from .conftest import read_until_closed, speaker, t
+from .conftest import http_get, read_until_closed, speaker, t
 
 SAMPLES_20MS = 320
 WATCHED = (
@@ -65,6 +65,15 @@ async def test_browser_recording_is_acked_and_lands_whole(tmp_path: Path) -> Non
         seqs = [a["seq"] for a in ending.acks]
         assert seqs == sorted(set(seqs)) and seqs[-1] == len(chunks) - 1
         blocks = await read_stream(c.emulator.url, "session-rec1")
+        status, exposition, _ = await http_get(c.srv.http + "/metrics")
+    assert status == 200
+    for family in (  # the sink's metrics show on the same /metrics
+        "kvs_ingest_fragments_sent_total", "kvs_ingest_fragments_persisted_total",
+        "kvs_ingest_fragments_errored_total", "kvs_ingest_putmedia_connects_total",
+        "kvs_ingest_putmedia_reconnects_total", "kvs_ingest_buffered_seconds",
+        "kvs_ingest_sessions_open", "kvs_ingest_connections_open",
+    ):  # fmt: skip
+        assert f"# TYPE {family.removesuffix('_total')}" in exposition, family
     got = pcm_of(blocks)
     want = ffmpeg_pcm(b"".join(chunks))
     assert abs(len(got) - len(want)) <= SAMPLES_20MS, (len(got), len(want))
