@@ -16,6 +16,7 @@ from tests.unit.media.corpus import (
     OPUS_FRAME_16K,
     Stream,
     browser_like_webm,
+    browser_streams,
     encode,
     encode_60ms_ogg,
     make_sine,
@@ -87,6 +88,25 @@ def test_random_cuts_give_the_same_pcm(
     start = data.draw(st.integers(0, max(0, len(raw) - 40)), label="one-byte run at")
     points = [*points, *range(start, min(len(raw), start + 40))]
     assert joined(decode(stream, cut(raw, points))) == whole_pcm[name]
+
+
+BROWSER = browser_streams()
+
+
+@pytest.mark.skipif(not BROWSER, reason="no browser corpus under tests/data/browser yet")
+@pytest.mark.parametrize("stream", BROWSER, ids=[s.name for s in BROWSER])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(points=st.lists(st.integers(min_value=0, max_value=1 << 24), max_size=40), data=st.data())
+def test_browser_recording_cut_anywhere_gives_the_same_pcm(
+    stream: Stream, points: list[int], data: st.DataObject
+) -> None:
+    """A browser recording re-cut at random offsets (1-byte runs included) decodes the same."""
+    raw = stream.data
+    whole = joined(decode(stream, [raw]))
+    assert joined(decode(stream, stream.chunks)) == whole  # the browser's own cuts
+    start = data.draw(st.integers(0, max(0, len(raw) - 40)), label="one-byte run at")
+    points = [*points, *range(start, min(len(raw), start + 40))]
+    assert joined(decode(stream, cut(raw, points))) == whole
 
 
 @pytest.mark.parametrize("name", SMALL_STREAMS)

@@ -25,7 +25,7 @@ FUZZ_STREAMS = [
     "restarted-webm",
 ]
 MAX_SOURCE_BYTES = 24_000  # a few seconds of compressed audio: keeps one example fast
-EXAMPLES = int(os.environ.get("KVS_INGEST_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("KVS_INGEST_FUZZ_EXAMPLES", "400"))
 RSS_GROWTH_LIMIT = 150 << 20
 
 _mutation = st.one_of(
