@@ -16,7 +16,7 @@ from kvs_ingest.emulator import Emulator, EmulatorConfig
 from kvs_ingest.server.auth import mint_token
 
 from ..server.chain import corpus_chunks, ffmpeg_pcm, pcm_of, read_stream
-from .procs import clean_env, start_serve, t
+from .procs import CMD, clean_env, start_serve, t
 
 SECRET = "serve-test-secret-serve-test-secret-0123"
 SPEAKERS = 20
@@ -109,3 +109,34 @@ async def test_sigterm_drains_twenty_live_speakers(tmp_path: Path) -> None:
     logged = json.dumps(serve.lines)
     assert not any(tok in logged for tok in tokens)  # never a token in the logs
     assert SECRET not in logged
+
+
+async def test_sigint_on_an_idle_server_exits_0_and_readyz_answers_before(tmp_path: Path) -> None:
+    """Ctrl-C drains too: exit 0. Before it, /readyz is 200 over real HTTP."""
+    import aiohttp
+
+    env = clean_env(KVS_INGEST_EMBEDDED_DATA_DIR=str(tmp_path / "data"))
+    serve = await start_serve(env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{serve.port}/readyz") as resp:
+                assert resp.status == 200
+        code = await serve.stop(signal.SIGINT)
+    finally:
+        if serve.proc.returncode is None:
+            serve.proc.kill()
+            await serve.proc.wait()
+    assert code == 0
+    assert serve.events("auth_disabled")  # AUTH_MODE=none is announced as a warning
+    assert serve.lines[0]["event"] == "kvs_backend" and serve.lines[0]["backend"] == "embedded"
+
+
+async def test_bad_setting_stops_serve_with_one_line() -> None:
+    """A bad value stops `serve` at start with exit 2 and a line naming the variable."""
+    proc = await asyncio.create_subprocess_exec(
+        *CMD, "serve", env=clean_env(KVS_INGEST_RATE_LIMIT_FACTOR="0.5"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), t(60))
+    assert proc.returncode == 2
+    assert "KVS_INGEST_RATE_LIMIT_FACTOR" in err.decode()
