@@ -63,7 +63,7 @@ async def test_restart_keeps_persisted_fragments(start_emulator: StartEmulator) 
 async def test_retention_removes_old_fragments(start_emulator: StartEmulator) -> None:
     """Fragments older than the stream's retention disappear from ListFragments and from disk;
     a stream with retention 0 keeps everything."""
-    emulator = await start_emulator(retention_hour_seconds=scaled(0.5))
+    emulator = await start_emulator(retention_hour_seconds=scaled(2.0))
     kvs = client("kinesisvideo", emulator.url)
     await asyncio.to_thread(kvs.create_stream, StreamName="short", DataRetentionInHours=1)
     await asyncio.to_thread(kvs.create_stream, StreamName="forever", DataRetentionInHours=0)
