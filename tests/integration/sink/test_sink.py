@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from .conftest import ReadBack, Sink, StartSink, eventually, feed, pcm_ramp, t
+from .conftest import FAST, ReadBack, Sink, StartSink, eventually, feed, pcm_ramp, t
 
 
 def metric(name: str, **labels: str) -> float:
@@ -126,3 +128,25 @@ async def test_rotation_loses_and_duplicates_nothing(start_sink: StartSink) -> N
     assert_exact(back, pcm)
     assert stats["putmedia_connections"]["session-rotate"] >= 2
     assert stats.get("ack_errors", {}) == {} or "4004" not in stats["ack_errors"]
+
+
+async def test_connection_rotates_before_credentials_expire(start_sink: StartSink) -> None:
+    """Credentials expiring 1 s after the rotation margin make the sink rotate at a fragment
+    boundary with fresh credentials; nothing lost or repeated."""
+    from kvs_ingest.kvs.control import FrozenCredentials
+
+    tuning = dataclasses.replace(FAST, credential_margin_seconds=60.0)
+    pcm = pcm_ramp(6, seed=9)
+    async with start_sink(tuning=tuning) as sink:
+        fetched: list[float] = []
+
+        async def short_lived() -> FrozenCredentials:
+            fetched.append(time.time())
+            return FrozenCredentials("test", "test", None, time.time() + 60.0 + 0.7)
+
+        sink.kvs.credentials = short_lived  # type: ignore[method-assign]
+        back = await run_session(sink, "expiring", pcm, pace=0.06)
+        stats = await sink.stats()
+    assert_exact(back, pcm)
+    assert stats["putmedia_connections"]["session-expiring"] >= 2
+    assert len(fetched) == stats["calls"]["PutMedia"]["session-expiring"]
