@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from kvs_ingest.config import Settings
 from kvs_ingest.logging import get_logger
-from kvs_ingest.media import StreamDecoder
+from kvs_ingest.media import MediaError, StreamDecoder
 from kvs_ingest.server import http as web
 from kvs_ingest.server import metrics
 from kvs_ingest.server.auth import Identity, Verifier, find_token, make_verifier
@@ -557,7 +557,13 @@ class SpeakerConnection:
 
     async def _finish(self) -> None:
         """`stop`: flush the decoder, wait until everything is PERSISTED, then close 1000."""
-        tail = self.decoder.flush()
+        try:
+            tail = self.decoder.flush()
+        except MediaError as exc:
+            # The stream ended inside an element (a chunk cut short): the frames it completed
+            # are in the session, the partial one is not a frame. Acks stay truthful.
+            self.log.warning("stream_ended_mid_element", error=str(exc)[:200])
+            tail = []
         if self.protocol.next_seq > 0:
             await self._write(self.protocol.next_seq - 1, tail, rate_check=False)
         assert self.speaker is not None

@@ -146,6 +146,22 @@ async def test_concurrent_socket_takes_over_with_4409(tmp_path: Path) -> None:
     assert_recordings(pcm_of(blocks), [ffmpeg_pcm(b"".join(first)), ffmpeg_pcm(b"".join(chunks))])
 
 
+async def test_stop_after_a_chunk_cut_inside_a_block_still_succeeds(tmp_path: Path) -> None:
+    """`stop` after a chunk that ends inside an element: the complete frames are persisted,
+    acked up to the last chunk, and the socket closes 1000 (not 4415)."""
+    chunks = corpus_chunks()[:8]
+    async with chain(tmp_path) as c:
+        async with speaker(c.srv.ws_url("cut")) as ws:
+            await send_all(ws, chunks)
+            await ws.send(json.dumps({"type": "stop"}))
+            ending = await read_until_closed(ws, within=60)
+        blocks = await read_stream(c.emulator.url, "session-cut")
+    assert ending.code == 1000, ending.messages
+    assert ending.acks[-1]["seq"] == len(chunks) - 1
+    want = ffmpeg_pcm(b"".join(chunks))
+    assert abs(len(pcm_of(blocks)) - len(want)) <= SAMPLES_20MS
+
+
 async def test_legacy_audio_chunk_messages_are_media(tmp_path: Path) -> None:
     """The old API Gateway `audioChunk` base64 message is decoded and acked like binary."""
     chunks = corpus_chunks()
@@ -198,3 +214,58 @@ async def test_takeover_of_a_socket_stuck_on_a_full_ledger(tmp_path: Path) -> No
                 ready = json.loads(await asyncio.wait_for(b.recv(), t(20)))
     assert ending_a.code == 4409 and [e["code"] for e in ending_a.errors] == [4409]
     assert ready["type"] == "ready"
+
+
+async def test_no_ack_before_kvs_says_persisted(tmp_path: Path) -> None:
+    """Acks are tied to PERSISTED: with KVS withholding its acks, nothing is acked, and `stop`
+    does not claim success (4503 after the finish bound)."""
+    chunks = corpus_chunks()[:8]
+    async with chain(
+        tmp_path, limits=ServerLimits(finish_timeout=2.0), drain_timeout_seconds=2
+    ) as c:
+        await add_fault(c.emulator, {"kind": "withhold_acks"})
+        async with speaker(c.srv.ws_url("held")) as ws:
+            await send_all(ws, chunks, pace=0.05)
+            await ws.send(json.dumps({"type": "stop"}))
+            ending = await read_until_closed(ws, within=30)
+    assert ending.acks == []
+    assert ending.code == 4503 and [e["code"] for e in ending.errors] == [4503]
+
+
+async def test_jwks_token_admits_a_speaker(tmp_path: Path) -> None:
+    """AUTH_MODE=jwks end to end: an ES256 token from a real JWKS endpoint opens the session."""
+    import time
+
+    import jwt
+    from aiohttp import web
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="ES256", use="sig")
+    app = web.Application()
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    app.router.add_get("/jwks", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    jwks_url = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks"
+    claims = {"session": "idp", "role": "speaker", "exp": int(time.time()) + 300,
+              "aud": "kvs-ingest", "iss": "https://idp.example"}  # fmt: skip
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+    try:
+        async with chain(
+            tmp_path, auth_mode="jwks", jwks_url=jwks_url, jwt_audience="kvs-ingest",
+            jwt_issuer="https://idp.example",
+        ) as c:  # fmt: skip
+            async with speaker(c.srv.ws_url("idp"), token) as ws:
+                ready = json.loads(await asyncio.wait_for(ws.recv(), t(30)))
+                await ws.send(json.dumps({"type": "stop"}))
+                ending = await read_until_closed(ws)
+    finally:
+        await runner.cleanup()
+    assert ready["type"] == "ready" and ending.code == 1000
