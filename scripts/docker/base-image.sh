@@ -14,7 +14,14 @@ set -euo pipefail
 
 TAG=${1:-python:3.11-slim}
 CACHE=${KVS_IMAGE_CACHE:-/var/cache/kvs-ingest}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The host's own Debian mirror when it has one (a local mirror or proxy), else the CDN.
+host_mirror() {
+  { grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
+    grep -hsE '^deb ' /etc/apt/sources.list | awk '{print $2}'; } |
+    grep -vE 'security|updates|nodesource|google' | grep -E '/debian/?$' | head -n 1 || true
+}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
 TARBALL="$CACHE/python-3.11-slim-bookworm-standin.tar.gz"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
