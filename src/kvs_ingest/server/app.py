@@ -179,6 +179,9 @@ class IngestServer:
             # The library's hard cap sits above ours so that an oversized message still gets
             # its JSON `error` before 1009; beyond 2x the library closes 1009 by itself.
             max_size=2 * m + 1024,
+            # Messages queued per socket before the library stops reading TCP: with back-pressure
+            # from a full ledger this bounds a socket's memory to max_queue x max_size.
+            max_queue=8,
             ping_interval=self.limits.ping_interval,
             ping_timeout=self.limits.ping_timeout,
             ssl=ssl_ctx,
