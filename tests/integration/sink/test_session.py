@@ -101,3 +101,28 @@ async def test_registry_close_flushes_every_session(start_sink: StartSink) -> No
         assert len(sink.registry) == 0
         back = await sink.read_back("session-shut-b")
     assert back.pcm == pcm_ramp(1.3)
+
+
+async def test_reaped_session_reopens_after_its_old_end(start_sink: StartSink) -> None:
+    """A session let go after the grace period comes back as a new Session whose timeline
+    starts after the old one's end, even when that end is ahead of the wall clock."""
+    async with start_sink(session_grace_seconds=0.2) as sink:
+        first, one = await sink.speaker("reaped")
+        await feed(one, pcm_ramp(8, seed=1))  # 8 s of audio in a moment: the end is ahead
+        assert await one.finish(t(20))
+        one.detach()
+        old_end = first.end_ms
+
+        async def reaped() -> bool:
+            return sink.registry.get("reaped") is None
+
+        await eventually(reaped, 10)
+        second, two = await sink.speaker("reaped")
+        await two.write(pcm_ramp(1.0, seed=2))
+        assert await two.finish(t(20))
+        back = await sink.read_back("session-reaped")
+        stats = await sink.stats()
+    assert second is not first
+    assert back.timecodes[8] >= old_end
+    assert back.pcm == pcm_ramp(8, seed=1) + pcm_ramp(1.0, seed=2)
+    assert not stats["ack_errors"]
