@@ -7,9 +7,12 @@ samples. Nothing here reads input or waits: FFmpeg only ever sees whole packets.
 
 from __future__ import annotations
 
+from errno import EAGAIN
+
 import av
 import av.error
 import numpy as np
+from av.filter import Graph
 
 from kvs_ingest.media.errors import MediaError
 from kvs_ingest.media.events import CodecSetup
@@ -30,6 +33,9 @@ class AudioDecoder:
         try:
             ctx = av.AudioCodecContext.create(setup.codec, "r")
             assert isinstance(ctx, av.AudioCodecContext)
+            # FFmpeg's default (0 = auto) starts worker threads per context even for audio
+            # codecs that never use them: two per socket. Decoding stays on the caller's thread.
+            ctx.thread_count = 1
             ctx.sample_rate = setup.sample_rate
             ctx.layout = _LAYOUTS[setup.channels]
             if setup.extradata:
@@ -42,8 +48,8 @@ class AudioDecoder:
         self._frame_key: tuple[str, str, int] | None = None
 
     @staticmethod
-    def _new_resampler() -> av.AudioResampler:
-        return av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    def _new_resampler() -> Resampler:
+        return Resampler()
 
     def decode(self, packet: bytes, discard: int = 0) -> bytes:
         """Decode one packet; drop `discard` samples (codec rate) from the end of its output."""
@@ -81,6 +87,58 @@ class AudioDecoder:
             frame.pts = None  # we count samples ourselves; do not let swr fill pts gaps
             parts.extend(_s16(f) for f in self._resampler.resample(frame))
         return b"".join(parts)
+
+
+class Resampler:
+    """Any decoded audio to s16 mono 16 kHz through FFmpeg's filter graph (swresample).
+
+    It does what `av.AudioResampler` does, with one difference that matters at thousands of
+    sockets: the graph runs single-threaded. PyAV's graph leaves FFmpeg's automatic thread count,
+    which starts about two idle worker threads per resampler, i.e. per socket.
+    """
+
+    def __init__(self) -> None:
+        self._graph: Graph | None = None
+
+    def _configure(self, frame: av.AudioFrame) -> Graph:
+        graph = Graph()
+        graph.threads = 1  # must be set before any filter is added
+        source = graph.add(
+            "abuffer",
+            sample_rate=str(frame.sample_rate),
+            sample_fmt=frame.format.name,
+            channel_layout=frame.layout.name,
+        )
+        convert = graph.add(
+            "aformat", sample_rates=str(SAMPLE_RATE), sample_fmts="s16", channel_layouts="mono"
+        )
+        sink = graph.add("abuffersink")
+        source.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        return graph
+
+    def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        """Push one frame (None: end of input, drain the filter) and return what is ready."""
+        if self._graph is None:
+            if frame is None:
+                return []
+            self._graph = self._configure(frame)
+        graph = self._graph
+        graph.push(frame)
+        out: list[av.AudioFrame] = []
+        while True:
+            try:
+                pulled = graph.pull()
+            except EOFError:
+                break
+            except av.error.FFmpegError as exc:
+                if exc.errno != EAGAIN:
+                    raise
+                break
+            assert isinstance(pulled, av.AudioFrame)
+            out.append(pulled)
+        return out
 
 
 def _trim_end(frames: list[av.AudioFrame], discard: int) -> list[av.AudioFrame]:

@@ -248,3 +248,17 @@ def test_pcm_refuses_impossible_values() -> None:
     with pytest.raises(ValueError):
         Pcm(0, b"\x00")
     assert Pcm(10, b"\x00" * 8).end == 14
+
+
+@pytest.mark.parametrize("name", ["webm-opus", "mp4-aac", "mka-f32", "raw-s16-22k"])
+def test_no_thread_per_decoder(name: str, ffmpeg_streams: dict[str, Stream]) -> None:
+    """Fifty live decoders add no threads: FFmpeg's codec and filter pools stay single-threaded."""
+    import psutil
+
+    stream = ffmpeg_streams[name]
+    process = psutil.Process()
+    before = process.num_threads()
+    decoders = [new_decoder(stream) for _ in range(50)]
+    for decoder in decoders:
+        assert decoder.feed(stream.data[:100_000])
+    assert process.num_threads() <= before
