@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +160,7 @@ class PutMediaConnection:
         for event in events:
             if isinstance(event, FragmentStarted):
                 self._current = _Current(
-                    event.timecode, self._emu.store.allocate_number(), int(time.time() * 1000)
+                    event.timecode, self._emu.store.allocate_number(), int(self._emu.clock() * 1000)
                 )
                 self._ack(self._fields("BUFFERING"))
                 if self._closing:
