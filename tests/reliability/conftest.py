@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -465,7 +466,7 @@ async def speak(
     on_sent: Callable[[int], None] | None = None,
     halt: asyncio.Event | None = None,
 ) -> Outcome:
-    """Send `chunks` paced at `speed` × real time, then `stop`; return once the socket closes.
+    """Send `chunks` paced at `speed` times real time, then `stop`; return once the socket closes.
 
     Sending ends early when the server closes the socket or `halt` is set (then the socket is
     closed without `stop`, like a tab that went away).
@@ -652,7 +653,7 @@ async def audit(
     gaps: list[tuple[int, int]] = []
     unexplained: list[tuple[int, int]] = []
     position = 0
-    for prev, cur in zip(blocks, blocks[1:], strict=False):
+    for prev, cur in itertools.pairwise(blocks):
         position += len(prev.pcm) // 2
         end_ms = prev.ms + (len(prev.pcm) // 2) * 1000 / RATE
         if cur.ms <= prev.ms:
