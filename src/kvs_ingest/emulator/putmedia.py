@@ -98,6 +98,9 @@ class PutMediaConnection:
         response.force_close()  # one long request per connection, closed when it ends
         await response.prepare(self._request)
         writer = asyncio.create_task(self._write_acks(response))
+        if self._drop_after == 0:  # drop_after 0: cut the connection before any fragment
+            self._queue.put_nowait((self._due(), _DROP))
+            self._stop = True
         started = last_data = last_idle_ack = loop.time()
         config = self._emu.config
         try:

@@ -61,6 +61,14 @@ async def test_drop_after(emulator: Emulator) -> None:
     assert again.ended == "eof" and len(again.of("PERSISTED")) == 1  # the fault was used up
 
 
+async def test_drop_after_zero(emulator: Emulator) -> None:
+    """drop_after 0 cuts the next connection before any ack."""
+    await create(emulator, "d0")
+    await fault(emulator, {"kind": "drop_after", "fragments": 0})
+    result = await put_media(emulator.url, "d0", writer_chunks(t0(), sine(1.0)))
+    assert (result.status, result.ended, result.acks) == (200, "dropped", [])
+
+
 async def test_error_ack(emulator: Emulator) -> None:
     """The N-th fragment from now gets ERROR with the given id, is not stored, and the
     response ends."""
