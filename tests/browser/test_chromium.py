@@ -1,0 +1,284 @@
+"""Headless Chromium records a fake microphone through the demo page into `kvs-ingest serve`;
+`kvs-ingest fetch` reads the session back from the emulator and it must be the same audio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.browser import audio
+from tests.browser.checks import (
+    DURATION_TOLERANCE,
+    MIN_SPEECH_CORRELATION,
+    browser_decoded,
+    check_round_trip,
+    check_stopped_cleanly,
+)
+from tests.browser.demo import ChromiumTab, DemoRun, Tab, demo_url, record, wait_until
+from tests.browser.stack import DropProxy, Service, fetch, token
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
+
+OpenTab = Callable[[str], Awaitable[ChromiumTab]]
+
+# The audio types Chromium's MediaRecorder offers (the issue's three, and Matroska's).
+CHROMIUM_TYPES = [
+    "audio/webm;codecs=opus",
+    "audio/webm;codecs=pcm",
+    "audio/mp4",
+    "audio/x-matroska;codecs=opus",
+]
+SECONDS = 3.0
+
+
+async def test_page_offers_the_browsers_types(
+    service: Service, chromium_tab: OpenTab, session_id: str
+) -> None:
+    """#mime lists exactly the types isTypeSupported accepts, the issue's three among them."""
+    tab = await chromium_tab("two-tone")
+    await tab.goto(f"{service.http}/?session={session_id}")
+    offered = await tab.evaluate("[...document.querySelectorAll('#mime option')].map(o => o.value)")
+    supported = await tab.evaluate("KvsSpeaker.supportedTypes()")
+    assert offered == supported
+    assert {"audio/webm;codecs=opus", "audio/webm;codecs=pcm", "audio/mp4"} <= set(offered)
+    for element in ("session", "token", "mime", "timeslice", "start", "stop", "state"):
+        assert await tab.evaluate(f"!!document.getElementById('{element}')"), element
+    assert await tab.evaluate("document.getElementById('state').textContent") == "idle"
+
+
+@pytest.mark.parametrize("timeslice", [250, 1000])
+@pytest.mark.parametrize("mime", CHROMIUM_TYPES)
+async def test_two_tone_round_trip(
+    service: Service,
+    chromium_tab: OpenTab,
+    sources: dict[str, audio.Source],
+    session_id: str,
+    tmp_path: Path,
+    mime: str,
+    timeslice: int,
+) -> None:
+    """Every Chromium audio type at 250 and 1000 ms: KVS holds the two tones, full length."""
+    tab = await chromium_tab("two-tone")
+    run = await record(
+        tab,
+        service.http,
+        session=session_id,
+        token=await token(session_id),
+        mime=mime,
+        timeslice=timeslice,
+        seconds=SECONDS,
+    )
+    fetched = await fetch(service, session_id, tmp_path / "out.wav")
+    measured = check_round_trip(
+        run, fetched, reference=sources["two-tone"].reference, tones=audio.TWO_TONE
+    )
+    assert fetched.gaps_ms == [], fetched.stdout
+    print(f"{mime} {timeslice} ms: {measured}")
+
+
+@pytest.mark.parametrize(
+    ("mime", "timeslice"), [("audio/webm;codecs=opus", 250), ("audio/mp4", 1000)]
+)
+async def test_speech_round_trip(
+    service: Service,
+    chromium_tab: OpenTab,
+    sources: dict[str, audio.Source],
+    session_id: str,
+    tmp_path: Path,
+    artifacts: Path,
+    mime: str,
+    timeslice: int,
+) -> None:
+    """espeak-ng speech through the page correlates with the source; screenshots kept."""
+    tab = await chromium_tab("speech")
+    name = mime.split("/")[1].split(";")[0]
+
+    async def snapshot(tab: Tab) -> None:
+        await wait_until(tab, "kvsDemo.persistedSeconds > 0", 30, "a first ack")
+        await tab.screenshot(artifacts / f"demo-page-chromium-{name}-recording.png")
+
+    run = await record(
+        tab,
+        service.http,
+        session=session_id,
+        token=await token(session_id),
+        mime=mime,
+        timeslice=timeslice,
+        seconds=4.0,
+        during=snapshot,
+        screenshot=artifacts / f"demo-page-chromium-{name}-stopped.png",
+    )
+    fetched = await fetch(service, session_id, tmp_path / "out.wav")
+    measured = check_round_trip(
+        run,
+        fetched,
+        reference=sources["speech"].reference,
+        min_correlation=MIN_SPEECH_CORRELATION,
+    )
+    print(f"speech {mime} {timeslice} ms: {measured}")
+    assert (artifacts / f"demo-page-chromium-{name}-stopped.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("mime", ["audio/webm;codecs=opus", "audio/mp4"])
+async def test_recorder_restarted_mid_session(
+    service: Service,
+    chromium_tab: OpenTab,
+    sources: dict[str, audio.Source],
+    session_id: str,
+    tmp_path: Path,
+    mime: str,
+) -> None:
+    """A page that stops its recorder and starts a new one on the same socket: both recordings
+    land in KVS back to back, each the source audio."""
+    tab = await chromium_tab("two-tone")
+
+    async def restart(tab: Tab) -> None:
+        await asyncio.sleep(SECONDS / 2)
+        await tab.evaluate("kvsDemo.restartRecorder()")
+
+    run = await record(
+        tab,
+        service.http,
+        session=session_id,
+        token=await token(session_id),
+        mime=mime,
+        timeslice=250,
+        seconds=SECONDS,
+        during=restart,
+    )
+    assert {(c.leg, c.recorder) for c in run.chunks} == {(1, 1), (1, 2)}
+    fetched = await fetch(service, session_id, tmp_path / "out.wav")
+    # The whole session is checked for length and tones; the waveform per recording.
+    measured = check_round_trip(
+        run, fetched, reference=sources["two-tone"].reference, tones=audio.TWO_TONE,
+        min_correlation=0.0,
+    )  # fmt: skip
+    first, _ = browser_decoded(run)
+    for part in (fetched.samples[1600 : len(first)], fetched.samples[len(first) + 1600 :]):
+        correlation, _ = audio.best_correlation(part, sources["two-tone"].reference)
+        assert correlation >= 0.9, f"{correlation:.3f}; {measured}"
+    assert fetched.gaps_ms == [], fetched.stdout
+    print(f"restart {mime}: {measured}")
+
+
+async def record_with_drop(
+    service: Service, tab: ChromiumTab, session_id: str, seconds: float
+) -> tuple[DemoRun, float]:
+    """Record through a proxy that cuts the connection once a second is persisted; returns the
+    run and the seconds persisted before the cut."""
+    proxy = DropProxy(service.port)
+    await proxy.start()
+    before_drop: dict[str, float] = {}
+
+    async def drop(tab: Tab) -> None:
+        await wait_until(tab, "kvsDemo.persistedSeconds >= 1", 30, "a persisted second")
+        before_drop["persisted"] = await tab.evaluate("kvsDemo.persistedSeconds")
+        assert proxy.drop() >= 1
+        await wait_until(tab, "kvsDemo.legs === 2 && kvsDemo.state === 'ready'", 30, "reconnected")
+
+    try:
+        run = await record(
+            tab,
+            f"http://127.0.0.1:{proxy.port}",
+            session=session_id,
+            token=await token(session_id),
+            mime="audio/webm;codecs=opus",
+            timeslice=250,
+            seconds=seconds,
+            during=drop,
+        )
+    finally:
+        await proxy.close()
+    return run, before_drop["persisted"]
+
+
+async def test_reconnect_after_network_drop(
+    service: Service,
+    chromium_tab: OpenTab,
+    sources: dict[str, audio.Source],
+    session_id: str,
+    tmp_path: Path,
+) -> None:
+    """The connection is cut under the page (close 1006): it reconnects on a new socket with a
+    new recorder, and KVS holds the first socket's audio up to the cut, then all of the
+    second's, in order, with no hole or overlap inside."""
+    tab = await chromium_tab("two-tone")
+    run, persisted_before_drop = await record_with_drop(service, tab, session_id, 5.0)
+    check_stopped_cleanly(run)
+    assert {(c.leg, c.recorder) for c in run.chunks} == {(1, 1), (2, 1)}
+    assert all(c.data[:4] == b"\x1a\x45\xdf\xa3" for c in run.chunks if c.seq == 0), (
+        "each socket's first chunk must start with a new EBML header"
+    )
+    first, second = browser_decoded(run)
+    fetched = await fetch(service, session_id, tmp_path / "out.wav")
+    note = (
+        f"fetched {fetched.seconds:.3f} s, legs {len(first) / audio.RATE:.3f} + "
+        f"{len(second) / audio.RATE:.3f} s, persisted before the cut {persisted_before_drop}; "
+        f"{fetched.stdout}"
+    )
+    low = persisted_before_drop + len(second) / audio.RATE - DURATION_TOLERANCE
+    high = (len(first) + len(second)) / audio.RATE + DURATION_TOLERANCE
+    assert low <= fetched.seconds <= high, note
+    assert len(fetched.gaps_ms) <= 1 and fetched.overlaps == 0, note
+    # Continuous: with any gap filled with silence, the only silence is that gap.
+    filled = await fetch(service, session_id, tmp_path / "filled.wav", fill_gaps=True)
+    runs = audio.silent_runs(filled.samples[1600:])
+    assert runs == [] if not fetched.gaps_ms else len(runs) == 1, (runs, note)
+    peaks = audio.spectral_peaks(fetched.samples[1600:], 2)
+    assert all(abs(a - b) <= 5 for a, b in zip(peaks, audio.TWO_TONE, strict=True)), peaks
+    # Each socket's audio is the source waveform (the cut falls between them).
+    cut = len(fetched.samples) - len(second)
+    for part in (fetched.samples[1600 : cut - 800], fetched.samples[cut + 1600 :]):
+        correlation, _ = audio.best_correlation(part, sources["two-tone"].reference)
+        assert correlation >= 0.9, f"{correlation:.3f}; {note}"
+    print(f"reconnect: gaps {fetched.gaps_ms} ms; {note.splitlines()[0]}")
+
+
+@pytest.mark.xfail(
+    reason="server: a session's first speaker is anchored when it attaches, after CreateStream "
+    "and the wait for ACTIVE (~1.5 s on the emulator), so its timecodes run that much ahead of "
+    "the wall clock and a shorter absence leaves no gap (sessions/timeline.py attach)",
+    strict=False,
+)
+async def test_timeline_follows_the_wall_clock_across_a_drop(
+    service: Service, chromium_tab: OpenTab, session_id: str, tmp_path: Path
+) -> None:
+    """KVS timecodes match when the page recorded: the first audio within 250 ms of the first
+    recorder's start, and the second socket's audio within 250 ms of its recorder's start,
+    the time in between left as an explicit gap (DESIGN.md §5)."""
+    tab = await chromium_tab("two-tone")
+    run, _ = await record_with_drop(service, tab, session_id, 4.0)
+    check_stopped_cleanly(run)
+    _, second = browser_decoded(run)
+    fetched = await fetch(service, session_id, tmp_path / "out.wav")
+    starts = {(s["leg"], s["recorder"]): s["wallMs"] for s in run.recorder_starts}
+    leg2_in_kvs = (
+        fetched.start_ms + (len(fetched.samples) - len(second)) * 1000 / audio.RATE
+        + sum(fetched.gaps_ms)
+    )  # fmt: skip
+    note = f"page starts {starts}, kvs start {fetched.start_ms}, leg 2 at {leg2_in_kvs:.0f}; {fetched.stdout}"
+    assert abs(fetched.start_ms - starts[(1, 1)]) <= 250, note
+    assert len(fetched.gaps_ms) == 1, note
+    assert abs(leg2_in_kvs - starts[(2, 1)]) <= 250, note
+
+
+@pytest.mark.parametrize(("which", "code"), [("garbled", "4401"), ("other-session", "4403")])
+async def test_refused_token_shows_close_code_and_does_not_retry(
+    service: Service, chromium_tab: OpenTab, session_id: str, which: str, code: str
+) -> None:
+    """A bad token (4401) or one for another session (4403): the page shows the close code and
+    its meaning, and does not reconnect."""
+    tab = await chromium_tab("two-tone")
+    if which == "garbled":
+        bad = (await token(session_id))[:-4] + "AAAA"
+    else:
+        bad = await token("another-session")
+    await tab.goto(demo_url(service.http, session=session_id, token=bad, timeslice=250))
+    await wait_until(tab, "kvsDemo.state === 'error'", 30, "error")
+    shown_error = await tab.evaluate("document.getElementById('error').textContent")
+    assert shown_error.startswith(code + " "), shown_error
+    assert await tab.evaluate("document.getElementById('state').textContent") == "error"
+    assert await tab.evaluate("kvsDemo.legs") == 1
