@@ -64,7 +64,11 @@ class _End(StrEnum):
     RECONNECT = "max_duration"  # 4003
     STALE = "stale"
     REFUSED = "refused"
+    THROTTLED = "throttled"  # refused for rate or a concurrent connection: same endpoint
 
+
+# PutMedia refusals that say "not now", not "not here": keep the endpoint.
+_THROTTLING = frozenset({"ClientLimitExceededException", "ConnectionLimitExceededException"})
 
 _ROLLBACK = {
     _End.CLEAN: Rollback.AFTER_RECEIVED,
@@ -72,6 +76,7 @@ _ROLLBACK = {
     _End.DROPPED: Rollback.AFTER_RECEIVED,
     _End.RECONNECT: Rollback.AFTER_RECEIVED,
     _End.REFUSED: Rollback.AFTER_RECEIVED,
+    _End.THROTTLED: Rollback.AFTER_RECEIVED,
     _End.RETRY: Rollback.AFTER_PERSISTED,
     _End.STALE: Rollback.AFTER_PERSISTED,
 }
@@ -196,7 +201,7 @@ class StreamUploader:
             if end in (_End.CLEAN, _End.SERVER_CLOSED):
                 failures = 0
                 continue
-            if end is not _End.RECONNECT and endpoint is not None:
+            if end not in (_End.RECONNECT, _End.THROTTLED) and endpoint is not None:
                 self.kvs.invalidate_endpoint(self.stream_name, endpoint)
             if self._closing and not self.ledger.unresolved:
                 return
@@ -296,7 +301,11 @@ class StreamUploader:
                 self._wake.set()
                 try:
                     await asyncio.wait_for(asyncio.shield(runner), 5.0)
-                except BaseException:
+                except asyncio.CancelledError:
+                    runner.cancel()
+                    await asyncio.gather(runner, return_exceptions=True)
+                    raise
+                except Exception:
                     runner.cancel()
                     await asyncio.gather(runner, return_exceptions=True)
 
@@ -346,6 +355,8 @@ class StreamUploader:
             m.PUTMEDIA_CONNECTS.labels(exc.error_type or str(exc.status)).inc()
             self.last_error = str(exc)
             self._log.warning("putmedia_refused", status=exc.status, error=exc.error_type)
+            if exc.error_type in _THROTTLING:
+                return _End.THROTTLED
             return _End.REFUSED
         if isinstance(exc, PutMediaDropped):
             self.last_error = str(exc)
