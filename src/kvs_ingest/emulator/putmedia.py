@@ -73,6 +73,7 @@ class PutMediaConnection:
         self._queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         self._current: _Current | None = None
         self._last_ms: int | None = None  # latest frame stored by this connection
+        self._last_timecode = 0  # the last fragment's timecode, for ERROR acks outside one
         self._stop = False
         self._closing = False  # an ERROR was sent: stop after the next BUFFERING
         self._drop_after = emulator.faults.claim_drop(rec.name)
@@ -162,6 +163,7 @@ class PutMediaConnection:
     async def _handle(self, events: list[IngestEvent]) -> None:
         for event in events:
             if isinstance(event, FragmentStarted):
+                self._last_timecode = event.timecode
                 self._current = _Current(
                     event.timecode, self._emu.store.allocate_number(), int(self._emu.clock() * 1000)
                 )
@@ -237,7 +239,9 @@ class PutMediaConnection:
     def _error(self, error_id: int, *, close: bool = True, discard_current: bool = False) -> None:
         self._emu.stats.fragments_errored[self._stream] += 1
         self._emu.stats.errors[str(error_id)] += 1
-        fields: dict[str, Any] = {"EventType": "ERROR"}
+        # Producers parse FragmentTimecode on every non-IDLE ack: without a fragment in
+        # progress, name the connection's last one (0 before any).
+        fields: dict[str, Any] = {"EventType": "ERROR", "FragmentTimecode": self._last_timecode}
         if self._current is not None:
             fields = self._fields("ERROR")
         fields["ErrorId"] = error_id

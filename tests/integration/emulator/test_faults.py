@@ -269,6 +269,7 @@ async def test_kvs_rules(emulator: Emulator, name: str, body: list[bytes], error
     assert result.status == 200 and result.ended == "eof"
     errors = result.of("ERROR")
     assert [e["ErrorId"] for e in errors] == [error_id], result.acks
+    assert all(isinstance(a["FragmentTimecode"], int) for a in result.acks)
 
 
 async def test_fragment_size_limit(start_emulator: StartEmulator) -> None:
