@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kvs_ingest.client.speak import chunk as cut_chunks
 from kvs_ingest.client.speak import encode
-from kvs_ingest.media import StreamDecoder
+from kvs_ingest.media import MediaError, StreamDecoder
 from kvs_ingest.mkv.ids import ID
 from kvs_ingest.mkv.reader import EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.server.auth import mint_token
@@ -130,9 +130,11 @@ class Recording:
 
 
 def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
+    """Our decoder's PCM for `chunks`; a stream cut inside a cluster ends with what was fed."""
     decoder = StreamDecoder("webm")
     parts = [p.data for c in chunks for p in decoder.feed(c)]
-    parts += [p.data for p in decoder.flush()]
+    with contextlib.suppress(MediaError):
+        parts += [p.data for p in decoder.flush()]
     return np.frombuffer(b"".join(parts), np.int16)
 
 
@@ -146,17 +148,18 @@ def ffmpeg_decode(data: bytes) -> np.ndarray:
     return np.frombuffer(done.stdout, np.int16)
 
 
-def synth_wav(path: Path, seconds: float, seed: int) -> None:
-    """A deterministic speech-like test signal: gliding tones, bursts of noise, pauses."""
+def synth_wav(path: Path, seconds: float, seed: int, offset: int = 0) -> None:
+    """A deterministic speech-like test signal (gliding tones, bursts of noise, pauses), from
+    48 kHz sample `offset` on: a later part of the same signal is a resend of the same audio."""
     rate = 48_000
     rng = np.random.default_rng(seed)
     n = int(seconds * rate)
-    tt = np.arange(n) / rate
+    tt = (offset + np.arange(n)) / rate
     f0 = 180 + 120 * np.sin(2 * np.pi * 0.37 * tt + seed)
     phase = 2 * np.pi * np.cumsum(f0) / rate
     voiced = 0.3 * np.sin(phase) + 0.15 * np.sin(3 * phase) + 0.08 * np.sin(5 * phase)
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 2.1 * tt + rng.uniform(0, 6)) ** 2
-    noise = 0.05 * rng.standard_normal(n)
+    noise = 0.05 * np.random.default_rng([seed, offset]).standard_normal(n)
     signal_ = (voiced * envelope + noise) * (np.sin(2 * np.pi * 0.13 * tt) > -0.8)
     pcm = (np.clip(signal_, -1, 1) * 20000).astype("<i2")
     with wave.open(str(path), "wb") as w:
@@ -166,18 +169,19 @@ def synth_wav(path: Path, seconds: float, seed: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-_RECORDINGS: dict[tuple[float, int], Recording] = {}
+_RECORDINGS: dict[tuple[float, int, int], Recording] = {}
 
 
-def recording(seconds: float, seed: int = 0, *, folder: Path | None = None) -> Recording:
-    """The recording of `seconds` of test signal number `seed` (encoded once per run)."""
-    key = (seconds, seed)
+def recording(seconds: float, seed: int = 0, *, offset: int = 0) -> Recording:
+    """The recording of `seconds` of test signal number `seed` from 48 kHz sample `offset`
+    (encoded once per run)."""
+    key = (seconds, seed, offset)
     if key in _RECORDINGS:
         return _RECORDINGS[key]
-    folder = folder or Path(os.environ.get("TMPDIR", "/tmp")) / f"kvs-rel-{os.getpid()}"
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"kvs-rel-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
-    wav = folder / f"signal-{seconds}-{seed}.wav"
-    synth_wav(wav, seconds, seed)
+    wav = folder / f"signal-{seconds}-{seed}-{offset}.wav"
+    synth_wav(wav, seconds, seed, offset)
     data, duration = encode(wav, "webm")
     chunks = tuple(c.data for c in cut_chunks(data, duration, "webm", TIMESLICE_MS))
     decoder = StreamDecoder("webm")
@@ -468,8 +472,9 @@ async def speak(
 ) -> Outcome:
     """Send `chunks` paced at `speed` times real time, then `stop`; return once the socket closes.
 
-    Sending ends early when the server closes the socket or `halt` is set (then the socket is
-    closed without `stop`, like a tab that went away).
+    Sending ends early when the server closes the socket or sends an `error` notice (a draining
+    server's 1012: what was sent before it is still read), or when `halt` is set (then the
+    socket is closed without `stop`, like a tab that went away).
     """
     out = Outcome()
     closed = asyncio.Event()
@@ -500,8 +505,8 @@ async def speak(
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(closed.wait(), delay)
-                if closed.is_set() or (halt is not None and halt.is_set()):
-                    break
+                if closed.is_set() or out.errors or (halt is not None and halt.is_set()):
+                    break  # closed, told to go (1012/4503 notice), or gone away
                 await ws.send(data)
                 out.sent += 1
                 out.send_times.append(loop.time())
