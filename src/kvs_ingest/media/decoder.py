@@ -90,7 +90,11 @@ class StreamDecoder:
         return out
 
     def flush(self) -> list[Pcm]:
-        """End of stream: decode what is left and return the tail. The decoder is then done."""
+        """End of stream: decode what is left and return the tail. The decoder is then done.
+
+        Raises MediaError if the stream stopped inside a page, element or box, or before it
+        described its audio; the audio of the complete packets is then on the error's `pcm`.
+        """
         self._check_usable()
         self._closed = True
         try:
@@ -98,7 +102,11 @@ class StreamDecoder:
                 if self._head:
                     raise MediaError(f"stream of {len(self._head)} bytes is too short to identify")
                 return []
-            out = self._run(self._demuxer.close())
+            try:
+                out = self._run(self._demuxer.close())
+            except MediaError as exc:
+                self._salvage_tail(exc)
+                raise
             if self._codec is None:
                 raise MediaError("stream ended before its audio was described")
             tail = self._emit(self._codec.flush())
@@ -107,6 +115,16 @@ class StreamDecoder:
             self._failed = True
             raise
         return out + tail
+
+    def _salvage_tail(self, exc: MediaError) -> None:
+        """The input was cut off: still drain the codec, and hand its tail over on the error."""
+        if self._codec is None:
+            return
+        try:
+            exc.pcm = self._emit(self._codec.flush())
+        except MediaError:
+            pass
+        self._codec = None
 
     def _check_usable(self) -> None:
         if self._failed:

@@ -262,3 +262,21 @@ def test_no_thread_per_decoder(name: str, ffmpeg_streams: dict[str, Stream]) -> 
     for decoder in decoders:
         assert decoder.feed(stream.data[:100_000])
     assert process.num_threads() <= before
+
+
+@pytest.mark.parametrize("name", ["webm-opus", "ogg-opus", "mp4-opus"])
+def test_truncated_stream_hands_over_its_tail(
+    name: str, ffmpeg_streams: dict[str, Stream], whole_pcm: dict[str, bytes]
+) -> None:
+    """A stream cut inside its last packet raises at flush, with the codec's tail on the error."""
+    stream = ffmpeg_streams[name]
+    decoder = new_decoder(stream)
+    fed = decoder.feed(stream.data[:-3])
+    with pytest.raises(MediaError) as caught:
+        decoder.flush()
+    tail = caught.value.pcm
+    assert tail and tail[0].offset == fed[-1].end
+    got = joined(fed + tail)
+    # Identical up to the resampler's flush, which pads the early end with silence.
+    assert whole_pcm[name].startswith(got[:-200])
+    assert len(whole_pcm[name]) - len(got) <= 2 * 2 * OPUS_FRAME_16K  # at most the lost packet
