@@ -15,7 +15,7 @@ import pytest
 from .conftest import Sink, StartSink, feed, pcm_ramp, t
 
 SAMPLES = Path("/work/shared/kvs-getmedia-samples")
-FETCH = [sys.executable, "-m", "kvs_ingest.kvs.fetch"]
+FETCH = [sys.executable, "-m", "kvs_ingest.cli", "fetch"]  # the real `kvs-ingest fetch`
 
 
 async def fetch(sink: Sink, *args: str) -> tuple[int, str, str]:
@@ -102,3 +102,24 @@ def test_fetch_reports_video_getmedia_samples_clearly(
     assert done.returncode == 1
     assert "no 16 kHz mono PCM audio track" in done.stderr and expect in done.stderr
     assert not (tmp_path / "v.wav").exists()
+
+
+async def test_fetch_reads_the_embedded_emulator_data_dir(
+    start_sink: StartSink, tmp_path: Path
+) -> None:
+    """With no KVS configured, fetch serves the embedded emulator's data directory itself."""
+    pcm = pcm_ramp(2.0, seed=11)
+    async with start_sink() as sink:
+        _, speaker = await sink.speaker("embedded")
+        await feed(speaker, pcm)
+        assert await speaker.finish(t(20))
+        data_dir = sink.emulator.config.data_dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KVS_INGEST_"))}
+    env["KVS_INGEST_EMBEDDED_DATA_DIR"] = str(data_dir)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*FETCH, "--session", "embedded", "-o", str(tmp_path / "e.wav")],
+        capture_output=True, text=True, timeout=t(60), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert wav_pcm(tmp_path / "e.wav") == pcm
