@@ -13,8 +13,7 @@ from .kvsclient import client, scaled
 
 
 async def test_emulator_command(tmp_path: Path) -> None:
-    """The command starts on the given data directory, logs its URL, answers boto3 with the
-    environment's credentials, persists the stream, and exits 0 on SIGTERM."""
+    """The command serves boto3 with the environment's credentials, persists, exits 0 on SIGTERM."""
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDCLI", "AWS_SECRET_ACCESS_KEY": "cli-secret",
            "KVS_INGEST_LOG_FORMAT": "json"}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(

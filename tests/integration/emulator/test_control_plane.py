@@ -25,8 +25,7 @@ async def call(kvs: Any, method: str, **kwargs: Any) -> Any:
 
 
 async def test_create_describe_list_delete(emulator: Emulator) -> None:
-    """A stream created through boto3 is described, listed with a prefix and paged, and
-    deleted by ARN; afterwards it is not found."""
+    """A stream is created, described, listed by prefix and page, deleted by ARN, then gone."""
     kvs = client("kinesisvideo", emulator.url)
     arn = (
         await call(
@@ -109,8 +108,7 @@ async def test_control_plane_errors(emulator: Emulator) -> None:
 
 
 async def test_tags_and_retention(emulator: Emulator) -> None:
-    """TagStream/UntagStream/ListTagsForStream and UpdateDataRetention change what
-    DescribeStream and ListTagsForStream report, with a new Version after each update."""
+    """Tag/Untag/ListTags and UpdateDataRetention show in Describe, with a new Version."""
     kvs = client("kinesisvideo", emulator.url)
     await call(kvs, "create_stream", StreamName="t", Tags={"team": "a"}, DataRetentionInHours=1)
     await call(kvs, "tag_stream", StreamName="t", Tags={"session": "42"})
@@ -151,8 +149,7 @@ async def test_creating_then_active(start_emulator: StartEmulator) -> None:
 
 
 async def test_get_data_endpoint_advertised_url(start_emulator: StartEmulator) -> None:
-    """GetDataEndpoint returns the configured advertised URL (Docker networks), else our own;
-    an unknown APIName is an InvalidArgumentException."""
+    """GetDataEndpoint returns the advertised URL for every API; a bad APIName is refused."""
     emulator = await start_emulator(advertised_url="http://kvs-emulator:4567")
     kvs = client("kinesisvideo", emulator.url)
     await call(kvs, "create_stream", StreamName="e")
@@ -167,8 +164,7 @@ async def test_get_data_endpoint_advertised_url(start_emulator: StartEmulator) -
 
 
 async def test_signature_errors(start_emulator: StartEmulator) -> None:
-    """A wrong secret, an unknown key and a stale x-amz-date are refused with 403 and AWS's
-    error names; the right credentials pass."""
+    """A wrong secret or unknown key gets 403 with AWS's names; the right credentials pass."""
     emulator = await start_emulator(access_key="AKIDEMULATOR", secret_key="s3cret")
     good = client("kinesisvideo", emulator.url, key="AKIDEMULATOR", secret="s3cret")
     assert (await call(good, "list_streams"))["StreamInfoList"] == []

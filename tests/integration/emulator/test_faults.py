@@ -70,8 +70,7 @@ async def test_drop_after_zero(emulator: Emulator) -> None:
 
 
 async def test_error_ack(emulator: Emulator) -> None:
-    """The N-th fragment from now gets ERROR with the given id, is not stored, and the
-    response ends."""
+    """The N-th fragment gets ERROR with the given id, is not stored, and the response ends."""
     await create(emulator, "e")
     await fault(emulator, {"kind": "error_ack", "fragment": 2, "error_id": 5001})
     start = t0()
@@ -108,8 +107,7 @@ async def test_delay_acks(emulator: Emulator) -> None:
 
 
 async def test_withhold_acks(emulator: Emulator) -> None:
-    """With withhold_acks the connection stays open without a single ack, while fragments are
-    still stored."""
+    """withhold_acks: no ack at all, the connection stays open, fragments are still stored."""
     await create(emulator, "wh")
     await fault(emulator, {"kind": "withhold_acks", "stream": "wh"})
     hold = asyncio.Event()
@@ -135,8 +133,7 @@ async def test_refuse_connections(emulator: Emulator) -> None:
 
 
 async def test_throttle_and_fail(emulator: Emulator) -> None:
-    """throttle and fail answer the next N calls of one API with ClientLimitExceeded or the
-    given status; then the API works again."""
+    """throttle/fail answer exactly the next N calls of one API, then it works again."""
     await create(emulator, "t")
     await fault(emulator, {"kind": "throttle", "api": "GetDataEndpoint", "count": 2})
     await fault(emulator, {"kind": "fail", "api": "DescribeStream", "count": 1, "status": 500})
@@ -197,8 +194,7 @@ async def test_max_connection_seconds(emulator: Emulator) -> None:
 
 
 async def test_move_endpoint(emulator: Emulator) -> None:
-    """After move_endpoint, GetDataEndpoint names a new URL, the old one refuses PutMedia with
-    InvalidEndpointException, and the new one accepts it."""
+    """After move_endpoint the old URL refuses PutMedia (InvalidEndpoint), the new one works."""
     await create(emulator, "mv")
     kvs = client("kinesisvideo", emulator.url)
     old = (await asyncio.to_thread(kvs.get_data_endpoint, StreamName="mv", APIName="PUT_MEDIA"))[
@@ -216,8 +212,7 @@ async def test_move_endpoint(emulator: Emulator) -> None:
 
 
 async def test_second_connection_and_call_rate(emulator: Emulator) -> None:
-    """A second concurrent PutMedia on a stream gets ConnectionLimitExceededException; more
-    than 5 PutMedia calls in a second get ClientLimitExceededException."""
+    """A 2nd concurrent PutMedia gets ConnectionLimitExceeded; > 5 calls/s ClientLimitExceeded."""
     await create(emulator, "c")
     hold, opened = asyncio.Event(), asyncio.Event()
     first = asyncio.create_task(

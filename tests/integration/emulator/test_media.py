@@ -105,9 +105,7 @@ def check_readable(path: Path, expected_pcm: bytes) -> None:
 
 
 async def test_writer_body_round_trip(emulator: Emulator, tmp_path: Path) -> None:
-    """3 s written by kvs_ingest.mkv.writer come back from GetMedia and
-    GetMediaForFragmentList byte-identical in samples, readable by ffprobe and mkvinfo, with
-    KVS's per-fragment tags and the producer's metadata."""
+    """Our writer's body returns from GetMedia/GetMediaForFragmentList with identical samples."""
     await create(emulator, "w")
     pcm = sine(3.0)
     t0 = int(time.time() * 1000) - 5000
@@ -141,8 +139,7 @@ async def test_writer_body_round_trip(emulator: Emulator, tmp_path: Path) -> Non
 
 
 async def test_ffmpeg_body_round_trip(emulator: Emulator, tmp_path: Path) -> None:
-    """A body muxed by ffmpeg (known-size clusters, RELATIVE timecodes) streams in and comes
-    back with the same samples ffmpeg decodes from the original."""
+    """An ffmpeg-muxed body (known sizes, RELATIVE) returns with the samples ffmpeg decodes."""
     await create(emulator, "ff")
     body = ffmpeg_mkv(3.0)
     original = tmp_path / "original.mkv"
@@ -169,8 +166,7 @@ async def test_ffmpeg_body_round_trip(emulator: Emulator, tmp_path: Path) -> Non
 
 
 async def test_selectors_and_list_fragments(emulator: Emulator) -> None:
-    """GetMedia's FRAGMENT_NUMBER, CONTINUATION_TOKEN, PRODUCER_TIMESTAMP, SERVER_TIMESTAMP and
-    NOW selectors start where AWS documents; ListFragments filters by time and pages."""
+    """Every GetMedia selector starts where AWS documents; ListFragments filters and pages."""
     await create(emulator, "sel")
     t0 = int(time.time() * 1000) - 60_000
     result = await put_media(emulator.url, "sel", writer_chunks(t0, sine(3.0)))

@@ -13,9 +13,7 @@ from .test_media import get_media, list_fragments
 
 
 async def test_restart_keeps_persisted_fragments(start_emulator: StartEmulator) -> None:
-    """Stopping the emulator in the middle of a PutMedia keeps the fragments acked PERSISTED
-    (not the one in progress); a new emulator on the same data directory serves them, the
-    stream's settings, and numbers later fragments after them."""
+    """A restart mid-PutMedia keeps every PERSISTED fragment and the stream, not the open one."""
     first = await start_emulator()
     kvs = client("kinesisvideo", first.url)
     await asyncio.to_thread(
@@ -61,8 +59,7 @@ async def test_restart_keeps_persisted_fragments(start_emulator: StartEmulator) 
 
 
 async def test_retention_removes_old_fragments(start_emulator: StartEmulator) -> None:
-    """Fragments older than the stream's retention disappear from ListFragments and from disk;
-    a stream with retention 0 keeps everything."""
+    """Fragments past retention leave ListFragments and the disk; retention 0 keeps all."""
     emulator = await start_emulator(retention_hour_seconds=scaled(2.0))
     kvs = client("kinesisvideo", emulator.url)
     await asyncio.to_thread(kvs.create_stream, StreamName="short", DataRetentionInHours=1)
@@ -80,8 +77,7 @@ async def test_retention_removes_old_fragments(start_emulator: StartEmulator) ->
 
 
 async def test_deleted_stream_leaves_nothing(start_emulator: StartEmulator) -> None:
-    """A deleted stream's fragments are gone, also for a new stream of the same name and after
-    a restart."""
+    """A deleted stream's fragments stay gone for a same-named stream, also after a restart."""
     emulator = await start_emulator()
     kvs = client("kinesisvideo", emulator.url)
     await asyncio.to_thread(kvs.create_stream, StreamName="re")

@@ -115,8 +115,7 @@ def _recorded_acks(call: dict[str, Any]) -> list[tuple[str, int, int | None]]:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 async def test_replay_recorded_producer(start_emulator: StartEmulator, scenario: str) -> None:
-    """Every recorded request of the C producer verifies (signature included) and each PutMedia
-    body gets the recorded sequence of acks."""
+    """The C producer's recorded requests verify and its bodies get the recorded acks."""
     folder, faults = SCENARIOS[scenario]
     emulator: Emulator = await start_emulator(
         access_key=KEY,

@@ -10,8 +10,7 @@ from kvs_ingest.emulator import EmulatorConfig
 
 
 def test_from_env_reads_prefix_and_aws_credentials() -> None:
-    """KVS_EMULATOR_* fields and the standard AWS variables are read; flags (overrides) win,
-    and None overrides are ignored."""
+    """KVS_EMULATOR_* and AWS credentials are read; non-None overrides win."""
     env = {
         "AWS_ACCESS_KEY_ID": "AKID",
         "AWS_SECRET_ACCESS_KEY": "secret",
@@ -30,8 +29,7 @@ def test_from_env_reads_prefix_and_aws_credentials() -> None:
 
 
 def test_defaults_and_bad_values() -> None:
-    """Unset credentials are test/test; a bad number names its variable; secrets stay out of
-    repr."""
+    """Credentials default to test/test; a bad number names its variable; no secret in repr."""
     config = EmulatorConfig.from_env({})
     assert (config.access_key, config.secret_key) == ("test", "test")
     assert "secret" not in repr(EmulatorConfig(secret_key="secret"))

@@ -50,8 +50,7 @@ def summary(events: list[IngestEvent]) -> list[tuple[str, int]]:
 
 
 def test_whole_body() -> None:
-    """Three clusters give three started/complete pairs with duration, tags and a re-encoded
-    known-size Cluster."""
+    """Three clusters give three fragments with duration, tags and a known-size Cluster."""
     events = run(body())
     assert summary(events) == [
         ("FragmentStarted", 1_000_000), ("FragmentComplete", 1_000_000),
@@ -88,8 +87,7 @@ def test_end_of_fragment_tag_completes_fragment() -> None:
 
 @pytest.mark.skipif(not CAPTURE.is_dir(), reason="capture not available")
 def test_recorded_sdk_body() -> None:
-    """The C producer's body (1-byte unknown sizes, Position, 8-byte block sizes) parses into
-    its three 2 s fragments."""
+    """The C producer's body (1-byte unknown sizes, Position) parses into its 2 s fragments."""
     data = (CAPTURE / "003-putMedia.mkv").read_bytes()
     complete = [e for e in run(data, list(range(0, len(data), 653))) if
                 isinstance(e, FragmentComplete)]  # fmt: skip

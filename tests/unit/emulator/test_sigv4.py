@@ -88,8 +88,7 @@ def test_unknown_key_and_missing_header() -> None:
 @pytest.mark.parametrize("name", ["001-describeStream.json", "002-getDataEndpoint.json",
                                   "003-putMedia.json"])  # fmt: skip
 def test_recorded_producer_signatures(name: str) -> None:
-    """The C producer's recorded requests (Host without port, empty-payload hash for PutMedia,
-    body hash for the control plane) verify with its credentials."""
+    """The C producer's recorded requests verify; a rebuilt Host with a port does not."""
     import hashlib
 
     call = json.loads((CAPTURE / name).read_text())

@@ -25,8 +25,7 @@ def record(name: str) -> StreamRecord:
 
 
 async def test_fragments_survive_reload_and_numbers_grow(tmp_path: Path) -> None:
-    """Persisted fragments and streams come back after a reload, in order, and new numbers are
-    larger than every stored one."""
+    """Fragments survive a reload in order; new numbers exceed every stored one."""
     store = Store(tmp_path)
     await store.load()
     rec = record("s")
@@ -45,8 +44,7 @@ async def test_fragments_survive_reload_and_numbers_grow(tmp_path: Path) -> None
 
 
 async def test_half_written_fragment_is_not_loaded(tmp_path: Path) -> None:
-    """A fragment whose metadata file was never written (a crash before PERSISTED) and stray
-    temporary files are ignored on load."""
+    """A fragment without its metadata file (crash before PERSISTED) is not loaded."""
     store = Store(tmp_path)
     await store.load()
     rec = record("c")
@@ -62,8 +60,7 @@ async def test_half_written_fragment_is_not_loaded(tmp_path: Path) -> None:
 
 
 async def test_render_is_getmedia_shape(tmp_path: Path) -> None:
-    """A stored fragment renders as EBML header, Segment, Info, Tracks, producer Tags, KVS Tags,
-    Cluster, KVS Tags."""
+    """A stored fragment renders in GetMedia's order: producer Tags, KVS Tags, Cluster, Tags."""
     store = Store(tmp_path)
     await store.load()
     rec = record("r")
