@@ -127,9 +127,9 @@ class Mp4Demuxer:
                 for sample_offset, size in self._pending:
                     if sample_offset < start or sample_offset + size > end:
                         raise MediaError("MP4 sample lies outside the following mdat")
-                    out.append(
-                        AudioPacket(body[sample_offset - start : sample_offset - start + size])
-                    )
+                    if size:  # an empty packet would tell FFmpeg "end of stream"
+                        at = sample_offset - start
+                        out.append(AudioPacket(body[at : at + size]))
                 self._pending = []
         except (struct.error, IndexError) as exc:
             raise MediaError(f"malformed MP4 {_name(kind)} box: {exc}") from None
