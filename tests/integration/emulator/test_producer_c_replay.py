@@ -134,6 +134,7 @@ async def test_replay_recorded_producer(start_emulator: StartEmulator, scenario:
         for fault in faults:
             async with session.post(f"{emulator.url}/_emulator/faults", json=fault) as r:
                 assert r.status == 200
+    persisted: list[str] = []
     for call in calls:
         if call["op"] == "putMedia":
             body = (folder / call["body_file"]).read_bytes()
@@ -147,6 +148,7 @@ async def test_replay_recorded_producer(start_emulator: StartEmulator, scenario:
             )
             assert status == 200
             got = [(a["EventType"], a.get("FragmentTimecode"), a.get("ErrorId")) for a in acks]
+            persisted += [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
             want = _recorded_acks(call)
             if scenario == "no-eofr-ack":
                 # the stand-in withheld the last fragment's acks; KVS (and the emulator) ack it
@@ -167,3 +169,5 @@ async def test_replay_recorded_producer(start_emulator: StartEmulator, scenario:
                 assert answer[0]["DataEndpoint"] == emulator.url
     stats = emulator.stats.to_json()
     assert stats["calls_total"]["PutMedia"] == sum(c["op"] == "putMedia" for c in calls)
+    stored = [f.number for f in emulator.store.streams["heldout-capture"].fragments]
+    assert stored == persisted  # exactly what was acked PERSISTED is stored
