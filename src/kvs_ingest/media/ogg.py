@@ -130,9 +130,8 @@ class OggDemuxer:
 
     def _begin_stream(self, serial: int, body: bytes, lacing: bytes, out: list[DemuxEvent]) -> None:
         if not self._bos_phase:
-            if self._serial is not None and not self._saw_audio:
-                raise MediaError("new Ogg stream began before the previous one carried audio")
-            # A chained link: the recorder restarted. Drop the old stream's state.
+            # A chained link: the recorder restarted (even if the old one never carried audio).
+            # Drop the old stream's state.
             self._bos_phase = True
             self._serial = None
             self._foreign = []

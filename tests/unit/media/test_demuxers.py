@@ -255,3 +255,13 @@ def test_doc_type_must_be_webm_or_matroska() -> None:
     """An EBML stream of another document type is refused."""
     with pytest.raises(MediaError, match="document type 'x-other'"):
         StreamDecoder().feed(w.ebml_header("x-other"))
+
+
+def test_ogg_recorder_restarted_before_any_audio(ffmpeg_streams: dict[str, Stream]) -> None:
+    """A chained Ogg link whose first recorder stopped before any audio still starts cleanly."""
+    data = ffmpeg_streams["ogg-opus"].data
+    headers = data[: data.find(b"OggS", data.find(b"OggS", 4) + 4)]  # OpusHead and OpusTags pages
+    events = demux("ogg", [headers, data])
+    setups = [e for e in events if isinstance(e, CodecSetup)]
+    assert len(setups) == 2
+    assert sum(isinstance(e, AudioPacket) for e in events) == len(demux("ogg", [data])) - 1
