@@ -14,7 +14,7 @@ import contextlib
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -91,13 +91,6 @@ class SpeakerHandle(Protocol):
     async def write(self, pcm: bytes) -> None: ...
     async def finish(self, timeout: float) -> bool: ...  # noqa: ASYNC109
     def detach(self) -> None: ...
-
-
-class SessionHandle(Protocol):
-    id: str
-    stream_name: str
-
-    def attach(self, on_persisted: Callable[[int], None]) -> Any: ...
 
 
 class Registry(Protocol):
