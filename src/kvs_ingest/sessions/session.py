@@ -165,7 +165,10 @@ class Session:
         time, after a gap for the time nobody spoke."""
         if self.state is not State.ACTIVE:
             raise SessionClosed(f"session {self.id} is closing")
-        placement = self.timeline.attach(wall_ms(), self._writer.end_ms)
+        # While another speaker streams, the new one continues its audio (its lag behind the
+        # wall clock is latency, not absence); a gap is left only for time nobody spoke.
+        now = wall_ms() if not self._speakers else self._writer.end_ms
+        placement = self.timeline.attach(now, self._writer.end_ms)
         if placement.gap_ms > 0:
             self._append(self._writer.anchor(placement.anchor_ms))
             sm.GAPS.inc()

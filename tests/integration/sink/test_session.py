@@ -126,3 +126,20 @@ async def test_reaped_session_reopens_after_its_old_end(start_sink: StartSink) -
     assert back.timecodes[8] >= old_end
     assert back.pcm == pcm_ramp(8, seed=1) + pcm_ramp(1.0, seed=2)
     assert not stats["ack_errors"]
+
+
+async def test_second_socket_while_one_streams_leaves_no_gap(start_sink: StartSink) -> None:
+    """A speaker attaching while another is attached continues the audio without a gap."""
+    async with start_sink() as sink:
+        session, one = await sink.speaker("overlap")
+        await one.write(pcm_ramp(0.5, seed=1))
+        await asyncio.sleep(1.0)  # the wall clock moves past what was written
+        end = session.end_ms
+        _, two = await sink.speaker("overlap")
+        assert session.end_ms == end
+        one.detach()
+        await two.write(pcm_ramp(0.5, seed=2))
+        assert await two.finish(t(20))
+        back = await sink.read_back("session-overlap")
+    assert back.pcm == pcm_ramp(0.5, seed=1) + pcm_ramp(0.5, seed=2)
+    assert back.block_times[-1] - back.block_times[0] < 1000
