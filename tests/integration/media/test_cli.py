@@ -116,3 +116,17 @@ def test_decode_browser_recordings(tmp_path: Path) -> None:
         done = run_decode(*files, "-o", str(tmp_path / "out.wav"))
         assert done.returncode == 0, (stream.name, done.stderr)
         assert f"{len(stream.restarts) + 1} segment(s)" in done.stdout
+
+
+def test_kvs_ingest_decode_entry_point(ffmpeg_streams: dict[str, Stream], tmp_path: Path) -> None:
+    """The user's command, `kvs-ingest decode`, runs the same tool."""
+    stream = ffmpeg_streams["firefox-like-webm"]
+    out = tmp_path / "entry.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "kvs_ingest", "decode", *write_chunks(stream, tmp_path / "c"),
+         "-o", str(out)],
+        capture_output=True, text=True, timeout=120 * TIME_FACTOR,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "of webm, 1 segment(s)" in done.stdout
+    assert ffprobe_audio(out)[:3] == ("pcm_s16le", "16000", "1")

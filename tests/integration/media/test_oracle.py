@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvs_ingest.media import StreamDecoder
+from kvs_ingest.media import SAMPLE_RATE, StreamDecoder
 from tests.unit.media.corpus import (
     Stream,
     best_alignment,
     browser_streams,
     oracle_pcm,
+    peak_frequency,
 )
 
 FFMPEG_STREAMS = [
@@ -71,3 +72,17 @@ def test_ffmpeg_made_stream_matches_ffmpeg(
 def test_browser_recording_matches_ffmpeg(stream: Stream, tmp_path: Path) -> None:
     """A real browser's MediaRecorder chunks decode like ffmpeg decodes their concatenation."""
     check_against_oracle(stream, tmp_path)
+
+
+SINES = [s for s in BROWSER if (s.meta.get("source") or {}).get("kind") == "sine"]  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not SINES, reason="no browser sine recordings under tests/data/browser yet")
+@pytest.mark.parametrize("stream", SINES, ids=[s.name for s in SINES])
+def test_browser_sine_comes_out_at_its_frequency(stream: Stream) -> None:
+    """A sine a real browser recorded comes out of the pipeline at its frequency, at 16 kHz."""
+    freq = float(stream.meta["source"]["freqs"][0])  # type: ignore[index]
+    pcm = decode_chunks(stream)
+    steady = pcm[SAMPLE_RATE // 4 : -SAMPLE_RATE // 8]  # past the recorder's start-up
+    assert abs(peak_frequency(steady) - freq) < 5.0
+    assert np.abs(steady).max() > 1000  # a tone, not silence

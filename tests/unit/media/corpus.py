@@ -36,6 +36,7 @@ class Stream:
     restarts: tuple[int, ...] = ()  # chunk indexes where a new recorder starts
     frame_16k: int = OPUS_FRAME_16K  # one codec frame at 16 kHz, the count tolerance
     oracle_input: tuple[str, ...] = ()  # ffmpeg input options (raw PCM)
+    meta: dict[str, object] = field(default_factory=dict)  # a browser recording's meta.json
 
     @property
     def data(self) -> bytes:
@@ -352,6 +353,7 @@ def browser_streams() -> list[Stream]:
                 fmt,
                 restarts=(int(restart),) if restart else (),
                 frame_16k=frame,
+                meta=meta,
             )
         )
     return streams
