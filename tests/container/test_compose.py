@@ -25,7 +25,7 @@ import pytest
 from tests.container.conftest import DRAIN_SECONDS, REPO, Stack, scaled, sh
 
 # The first test also pays for the engine, the base image and the build on a fresh machine.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
 # About 7 s of speech: under the service's 10 s burst allowance, so `--speed 2` is not 4429.
 SPEECH = (

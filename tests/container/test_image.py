@@ -18,7 +18,7 @@ import pytest
 from tests.container.conftest import SCRIPTS, container_logs, docker, scaled
 
 # The first test also pays for the engine, the base image and the build on a fresh machine.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
 MAX_IMAGE_MB = 420  # measured 377 MB (python slim stand-in 145 MB; av+libs 104, numpy 63, botocore)
 
