@@ -332,10 +332,10 @@ async def wait_closed(sock: socket.socket, within: float) -> bool:
     while time.monotonic() < deadline:
         try:
             data = await asyncio.wait_for(loop.sock_recv(sock, 65536), deadline - time.monotonic())
-        except (ConnectionError, OSError):
-            return True
-        except TimeoutError:
+        except TimeoutError:  # before OSError: TimeoutError is one
             return False
+        except OSError:
+            return True
         if not data:
             return True
     return False
