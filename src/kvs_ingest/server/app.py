@@ -460,7 +460,10 @@ class SpeakerConnection:
     async def _hand_over_tail(self) -> None:
         """The decoder's tail goes to the session before the socket lets go (takeover, drain)."""
         try:
-            tail = self.decoder.flush()
+            try:
+                tail = self.decoder.flush()
+            except MediaError as exc:  # cut inside a packet: keep the frames it completed
+                tail = exc.pcm
             if self.speaker is not None and self.protocol.next_seq > 0:
                 await asyncio.wait_for(
                     self._write(self.protocol.next_seq - 1, tail, rate_check=False),
@@ -557,9 +560,9 @@ class SpeakerConnection:
             tail = self.decoder.flush()
         except MediaError as exc:
             # The stream ended inside an element (a chunk cut short): the frames it completed
-            # are in the session, the partial one is not a frame. Acks stay truthful.
+            # go to the session with the rest, the partial one is not a frame.
             self.log.warning("stream_ended_mid_element", error=str(exc)[:200])
-            tail = []
+            tail = exc.pcm
         if self.protocol.next_seq > 0:
             await self._write(self.protocol.next_seq - 1, tail, rate_check=False)
         assert self.speaker is not None
