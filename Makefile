@@ -39,9 +39,11 @@ deps-browser:
 deps-container:
 	$(call apt_install,$(CONTAINER_TOOLS))
 
-## The service, on the embedded KVS emulator unless KVS_INGEST_KVS_BACKEND says otherwise.
+## The service with its demo page, on the embedded KVS emulator unless KVS_INGEST_KVS_BACKEND
+## says otherwise (a region in the developer's AWS environment never sends `make run` to AWS).
 run: $(STAMP)
-	KVS_INGEST_DEMO_PAGE=$${KVS_INGEST_DEMO_PAGE:-1} $(VENV)/bin/kvs-ingest serve
+	KVS_INGEST_DEMO_PAGE=$${KVS_INGEST_DEMO_PAGE:-1} \
+	KVS_INGEST_KVS_BACKEND=$${KVS_INGEST_KVS_BACKEND:-embedded} $(VENV)/bin/kvs-ingest serve
 
 ## Every test: unit, integration, browser, then the container suite.
 test: test-python test-container
