@@ -53,6 +53,10 @@ class Service:
     lines: list[dict[str, Any]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
 
+    def trouble(self) -> list[dict[str, Any]]:
+        """The warnings and errors it logged (for failure messages)."""
+        return [line for line in self.lines if line.get("level") in ("warning", "error")]
+
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -71,8 +75,9 @@ class Service:
         return code
 
 
-async def start_service(data_dir: Path) -> Service:
-    """`kvs-ingest serve` on a free loopback port with DEMO_PAGE=1 and the embedded emulator;
+async def start_service(data_dir: Path, *, kvs_endpoint: str | None = None) -> Service:
+    """`kvs-ingest serve` on a free loopback port with DEMO_PAGE=1 and the embedded emulator
+    (or, with `kvs_endpoint`, another service's emulator, as a second task of a fleet would);
     returns once it listens and /healthz answers 200."""
     env = service_env(
         KVS_INGEST_DEMO_PAGE="1",
@@ -81,10 +86,18 @@ async def start_service(data_dir: Path) -> Service:
         KVS_INGEST_PORT="0",
         KVS_INGEST_SESSION_GRACE_SECONDS="5",
     )
+    if kvs_endpoint is not None:
+        env.update(
+            KVS_INGEST_KVS_BACKEND="endpoint",
+            KVS_INGEST_KVS_ENDPOINT_URL=kvs_endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
     proc = await asyncio.create_subprocess_exec(
         *CMD, "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
-    service = Service(proc, data_dir)
+    service = Service(proc, data_dir, emulator_url=kvs_endpoint or "")
     listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     async def read() -> None:
@@ -189,7 +202,8 @@ async def fetch(service: Service, session: str, out: Path, *, fill_gaps: bool = 
 
 class DropProxy:
     """A loopback TCP proxy in front of the service. `drop()` aborts every connection open
-    through it, as a network failure would: the browser sees close code 1006."""
+    through it, as a network failure would: the browser sees close code 1006. New connections
+    go to `target_port`, which a test may change (a load balancer moving to another task)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port

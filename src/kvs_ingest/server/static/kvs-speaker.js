@@ -91,6 +91,7 @@ class KvsSpeaker extends EventTarget {
     this.legs = 0; // sockets opened so far
     this.sentChunks = []; // [{leg, recorder, seq, blob}] when keepChunks
     this.recorderStarts = []; // [{leg, recorder, wallMs}]: when each recorder began (Date.now())
+    this.closes = []; // [{leg, code}]: how each socket ended
 
     this.ws = null;
     this.recorder = null;
@@ -129,6 +130,7 @@ class KvsSpeaker extends EventTarget {
     this.persistedSeconds = 0;
     this.sentChunks = [];
     this.recorderStarts = [];
+    this.closes = [];
     if (!this.stream) {
       // Raw audio: echo cancellation, noise suppression and gain control are for calls, and
       // they distort what transcription hears (and turn a test tone into silence).
@@ -283,7 +285,13 @@ class KvsSpeaker extends EventTarget {
       this.persistedSeconds = (this._doneMs.persisted + leg.persistedMs) / 1000;
       this._changed();
     } else if (msg.type === "error") {
+      // The close follows; the server wants no more media on this socket (on a drain it reads
+      // until we are quiet), so this leg's recorder stops now.
       this.error = {code: msg.code, message: msg.message};
+      if (leg.recorder && leg.recorder.state !== "inactive") {
+        leg.recorder.ondataavailable = null;
+        leg.recorder.stop();
+      }
       this._changed();
     }
   }
@@ -295,7 +303,9 @@ class KvsSpeaker extends EventTarget {
     }
     this._doneMs.sent += leg.sentMs;
     this._doneMs.persisted += leg.persistedMs;
+    this.closes.push({leg: leg.number, code: leg.simulatedDrop ? 1006 : ev.code});
     if (leg !== this._leg) return; // an old leg, already replaced
+    if (this.state === "stopped" || this.state === "error") return; // stop() already ended it
     const code = leg.simulatedDrop ? 1006 : ev.code;
     if (this._stopping) {
       if (code === 1000) {
