@@ -99,6 +99,7 @@ class PutMediaConnection:
         response.force_close()  # one long request per connection, closed when it ends
         await response.prepare(self._request)
         writer = asyncio.create_task(self._write_acks(response))
+        self._log.info("putmedia_open", relative=self._relative)
         if self._drop_after == 0:  # drop_after 0: cut the connection before any fragment
             self._queue.put_nowait((self._due(), _DROP))
             self._stop = True
@@ -156,6 +157,7 @@ class PutMediaConnection:
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
+        self._log.info("putmedia_closed", persisted=self._persisted, dropped=self.dropped)
         return response
 
     # --- events --------------------------------------------------------------------------
