@@ -24,6 +24,7 @@ benchmarks/RESULTS.md are written from the run. Run: `.venv/bin/python benchmark
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -114,6 +115,7 @@ class Step:
     load_cpu_s: float = 0.0
     emulator_cpu_share: float = math.nan  # of one core, over the steady window
     lag_series_ms: list[float] = field(default_factory=list)
+    cpu_series: list[float] = field(default_factory=list)  # service cores used, per second
     runqueue_wait_share: float = math.nan  # of wall time the service waited for a CPU
     buffered_max_s: float = math.nan  # audio in the service's ledgers, not yet PERSISTED
     fragment_persist_mean_s: float = math.nan  # fragment written -> PERSISTED (service view)
@@ -341,7 +343,7 @@ def run_step(design: str, n: int, seconds: float, rec_file: Path, rec: Recording
                 et = emulator_ps.cpu_times()
                 emu.append((now, et.user + et.system))
                 waits.append((now, runqueue_wait(procs.service.pid)))
-            if now > start_at + rec.seconds + 180:
+            if now > start_at + rec.seconds + 90:
                 for p in loaders:
                     p.kill()
             time.sleep(max(0.0, 1.0 - (time.time() - now)))
@@ -368,6 +370,9 @@ def run_step(design: str, n: int, seconds: float, rec_file: Path, rec: Recording
             step.lag_p99_ms = percentile(lags, 0.99)
             step.lag_max_ms = max(lags) if lags else math.nan
             step.lag_series_ms = [round(x, 1) for x in lags]
+            step.cpu_series = [
+                round((b[1] - a[1]) / (b[0] - a[0]), 3) for a, b in itertools.pairwise(samples)
+            ]
         if len(waits) >= 2:
             step.runqueue_wait_share = (waits[-1][1] - waits[0][1]) / (waits[-1][0] - waits[0][0])
         if len(emu) >= 2:
@@ -639,7 +644,9 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 40.0)
     default_steps = "50,150,300" if args.quick else "50,100,200,300,400,600,800"
-    steps_n = [int(x) for x in (args.steps or default_steps).split(",")]
+    steps_n = [
+        int(x) for x in (args.steps if args.steps is not None else default_steps).split(",") if x
+    ]
     old_n = [] if args.no_old else [int(x) for x in (args.old_steps or "2,5,10").split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="kvs-load-"))

@@ -39,7 +39,8 @@ FFMPEG = (
     "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-i", "pipe:0",
     "-ar", "16000", "-ac", "1", "-c:a", "pcm_s16le", "-f", "matroska", "pipe:1",
 )  # fmt: skip
-PUT_ATTEMPTS = 5
+PUT_ATTEMPTS = 10
+MIN_CALL_INTERVAL = 0.21  # s between PutMedia calls on one stream (KVS: 5 per second)
 
 
 def header_of(first_chunk: bytes) -> bytes:
@@ -120,6 +121,7 @@ class OldDesign:
         tasks: set[asyncio.Task[None]] = set()
         lock = asyncio.Lock()
         previous: asyncio.Future[None] | None = None
+        last_call = [0.0]
 
         async def one_chunk(
             seq: int, data: bytes, offset_ms: float, previous: asyncio.Future[None] | None
@@ -132,11 +134,15 @@ class OldDesign:
                 ok = False
                 if previous is not None:  # in order, or timecodes would go backwards (4004)
                     await asyncio.shield(previous)
-                for attempt in range(PUT_ATTEMPTS):
+                for _ in range(PUT_ATTEMPTS):
+                    # Stay under KVS's 5 PutMedia calls per second per stream.
+                    wait = last_call[0] + MIN_CALL_INTERVAL - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    last_call[0] = time.monotonic()
                     ok = await self.put_media(stream, endpoint, started + offset_ms / 1000.0, mkv)
                     if ok:
                         break
-                    await asyncio.sleep(0.1 * (attempt + 1))
             except Exception:
                 ok = False
             if not ok:
