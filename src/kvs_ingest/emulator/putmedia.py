@@ -78,6 +78,7 @@ class PutMediaConnection:
         self._closing = False  # an ERROR was sent: stop after the next BUFFERING
         self._drop_after = emulator.faults.claim_drop(rec.name)
         self._persisted = 0
+        self._bytes = 0
         self._last_due = 0.0
         self.dropped = False
         self._log = log.bind(stream=rec.name, request_id=request_id)
@@ -138,6 +139,7 @@ class PutMediaConnection:
                     self._log.info("putmedia_body_lost", error=type(exc).__name__)
                     break
                 last_data = last_idle_ack = loop.time()
+                self._bytes += len(chunk)
                 if chunk:
                     events = self._parser.feed(chunk)
                 else:
@@ -157,7 +159,13 @@ class PutMediaConnection:
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
-        self._log.info("putmedia_closed", persisted=self._persisted, dropped=self.dropped)
+        self._log.info(
+            "putmedia_closed",
+            persisted=self._persisted,
+            dropped=self.dropped,
+            body_ended=self._stop and not self._closing,
+            bytes=self._bytes,
+        )
         return response
 
     # --- events --------------------------------------------------------------------------
@@ -178,7 +186,9 @@ class PutMediaConnection:
                     continue
                 await self._complete(event)
             elif isinstance(event, IngestFailed):
-                self._log.info("putmedia_error", error_id=event.error_id, reason=event.message)
+                self._log.info(
+                    "putmedia_invalid_body", error_id=event.error_id, reason=event.message
+                )
                 self._error(event.error_id, discard_current=True)
             if self._stop and not self._closing:
                 return
@@ -241,6 +251,11 @@ class PutMediaConnection:
     def _error(self, error_id: int, *, close: bool = True, discard_current: bool = False) -> None:
         self._emu.stats.fragments_errored[self._stream] += 1
         self._emu.stats.errors[str(error_id)] += 1
+        self._log.info(
+            "putmedia_error_ack",
+            error_id=error_id,
+            fragment_timecode=self._current.timecode if self._current else None,
+        )
         # Producers parse FragmentTimecode on every non-IDLE ack: without a fragment in
         # progress, name the connection's last one (0 before any).
         fields: dict[str, Any] = {"EventType": "ERROR", "FragmentTimecode": self._last_timecode}
