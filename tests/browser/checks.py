@@ -13,6 +13,9 @@ from tests.browser.stack import Fetched
 
 DURATION_TOLERANCE = 0.100  # s: the "within 100 ms of the recorded time"
 PEAK_TOLERANCE_HZ = 5.0
+# The page's "seconds sent" is wall time from recorder start to the last chunk; browsers encode
+# a little less than that (measured: Chromium WebM < 50 ms, MP4 ~150 ms, Firefox 180-250 ms).
+SENT_TOLERANCE = 0.5
 MIN_RMS = 0.05  # the sources are ~0.2-0.4 RMS; silence or near-silence fails
 MIN_TONE_CORRELATION = 0.9  # measured 0.999
 MIN_SPEECH_CORRELATION = 0.9  # measured 0.98 for Opus in WebM and MP4
@@ -75,6 +78,8 @@ def check_round_trip(
     assert abs(fetched.seconds - expected) <= DURATION_TOLERANCE, note
     assert abs(fetched.seconds - run.persisted_seconds) <= DURATION_TOLERANCE, note
     assert run.shown["persisted"] == f"{run.persisted_seconds:.1f}", note
+    assert run.shown["sent"] == f"{run.sent_seconds:.1f}", note
+    assert abs(run.sent_seconds - fetched.seconds) <= SENT_TOLERANCE, note
     assert audio.rms(body) >= MIN_RMS, f"silent: rms {audio.rms(body):.4f}; {note}"
     for want, got in zip(tones, peaks, strict=True):
         assert abs(want - got) <= PEAK_TOLERANCE_HZ, note

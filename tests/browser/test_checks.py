@@ -28,7 +28,12 @@ def recorded() -> tuple[DemoRun, Fetched, np.ndarray]:
     ]
     decoded = audio.ffmpeg_decode(b"".join(c.data for c in chunks))
     seconds = len(decoded) / audio.RATE
-    shown = {"state": "stopped", "error": "", "persisted": f"{seconds:.1f}", "sent": ""}
+    shown = {
+        "state": "stopped",
+        "error": "",
+        "persisted": f"{seconds:.1f}",
+        "sent": f"{seconds:.1f}",
+    }
     run = DemoRun("s", 1000, shown, seconds, seconds, chunks, [])
     fetched = Fetched(decoded, [], 3, 0, 0, "")
     t = np.arange(6 * audio.RATE) / audio.RATE

@@ -223,7 +223,6 @@ class KvsSpeaker extends EventTarget {
       persistedMs: 0,
       sending: Promise.resolve(), // chains sends so chunks leave in order
       simulatedDrop: false,
-      gotReady: false,
     };
     this._leg = leg;
     this.ws = ws;
@@ -276,7 +275,6 @@ class KvsSpeaker extends EventTarget {
       return;
     }
     if (msg.type === "ready") {
-      leg.gotReady = true;
       this._attempt = 0; // a leg that got this far resets the backoff
       if (this.legs > 1) this.error = null; // the reconnect worked: the drop is history
       if (!this._stopping) this._set("ready");
