@@ -15,7 +15,7 @@ from kvs_ingest.emulator import Emulator
 from kvs_ingest.mkv import writer as w
 
 from .conftest import StartEmulator
-from .kvsclient import client, put_media, scaled, stored
+from .kvsclient import client, put_media, scaled, signed_putmedia_headers, stored
 from .media import sine, writer_chunks
 
 
@@ -333,3 +333,17 @@ async def test_stats_count_calls_per_stream(emulator: Emulator) -> None:
     assert stats["calls"]["CreateStream"] == {"s1": 1, "s2": 1}
     assert stats["putmedia_connections"] == {"s1": 1}
     assert stats["fragments_persisted"] == {"s1": 2}
+
+
+async def test_putmedia_refusals_before_acks(emulator: Emulator) -> None:
+    """PutMedia with a wrong secret, to an unknown stream, or without headers gets AWS's errors."""
+    await create(emulator, "p")
+    chunks = writer_chunks(t0(), sine(1.0))
+    bad_secret = await put_media(emulator.url, "p", chunks, secret="wrong")
+    assert (bad_secret.status, bad_secret.error_type) == (403, "InvalidSignatureException")
+    assert "signature" in bad_secret.acks[0]["message"]
+    unknown = await put_media(emulator.url, "missing", chunks)
+    assert (unknown.status, unknown.error_type) == (404, "ResourceNotFoundException")
+    headers = signed_putmedia_headers(emulator.url, "p", timecode_type="SOMETIMES")
+    bad_header = await put_media(emulator.url, "p", chunks, headers=headers)
+    assert (bad_header.status, bad_header.error_type) == (400, "InvalidArgumentException")
