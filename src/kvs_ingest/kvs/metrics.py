@@ -47,3 +47,12 @@ CONTROL_CALLS = Counter(
 ENDPOINT_CACHE = Counter(
     "kvs_ingest_endpoint_cache_total", "Data-endpoint look-ups, by hit or miss", ["result"]
 )
+
+_buffered_samples = 0  # every ledger's unresolved samples: kept as an int so 0 is exactly 0.0
+
+
+def add_buffered_samples(delta: int, sample_rate: int = 16_000) -> None:
+    """Move the buffered-audio gauge by `delta` samples (one ledger's change)."""
+    global _buffered_samples
+    _buffered_samples += delta
+    BUFFERED_SECONDS.set(_buffered_samples / sample_rate)

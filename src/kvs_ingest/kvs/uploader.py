@@ -115,7 +115,7 @@ class StreamUploader:
         self.connections = 0  # PutMedia requests that got a 200
         self.last_error: str | None = None
         self._log = log.bind(stream=stream_name)
-        self._buffered_reported = 0.0
+        self._buffered_reported = 0  # samples this ledger added to the gauge
 
     # --- producer side -------------------------------------------------------------------
 
@@ -164,13 +164,13 @@ class StreamUploader:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self.state = State.CLOSED
-        m.BUFFERED_SECONDS.dec(self._buffered_reported)
-        self._buffered_reported = 0.0
+        m.add_buffered_samples(-self._buffered_reported)
+        self._buffered_reported = 0
         return flushed
 
     def _report_buffered(self) -> None:
-        now = self.ledger.buffered_seconds
-        m.BUFFERED_SECONDS.inc(now - self._buffered_reported)
+        now = self.ledger.buffered_samples
+        m.add_buffered_samples(now - self._buffered_reported)
         self._buffered_reported = now
 
     # --- the connection loop -------------------------------------------------------------

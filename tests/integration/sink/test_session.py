@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kvs_ingest.sessions import BufferFull
 
@@ -16,6 +17,7 @@ from .conftest import FAST, StartSink, eventually, feed, pcm_ramp, t
 async def test_full_buffer_blocks_then_raises_buffer_full(start_sink: StartSink) -> None:
     """With KVS refusing connections, writes stop at BUFFER_MAX_SECONDS and then BufferFull."""
     tuning = dataclasses.replace(FAST, buffer_wait_seconds=1.0)
+    gauge_before = REGISTRY.get_sample_value("kvs_ingest_buffered_seconds")
     async with start_sink(tuning=tuning, buffer_max_seconds=2.0) as sink:
         await sink.fault({"kind": "refuse_connections", "seconds": 60})
         session, speaker = await sink.speaker("full")
@@ -31,6 +33,8 @@ async def test_full_buffer_blocks_then_raises_buffer_full(start_sink: StartSink)
         started = loop.time()
         assert await speaker.finish(t(20))
         assert loop.time() - started < t(20)
+        # The gauge /metrics shows is back where it was, exactly (a reliability test waits for 0).
+        assert REGISTRY.get_sample_value("kvs_ingest_buffered_seconds") == gauge_before
         back = await sink.read_back("session-full")
     assert back.pcm == pcm_ramp(10)[: blocked_at * 2]
 
