@@ -130,11 +130,14 @@ class Recording:
 
 
 def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
-    """Our decoder's PCM for `chunks`; a stream cut inside a cluster ends with what was fed."""
+    """Our decoder's PCM for `chunks`, flushed; a stream cut inside an element ends with the
+    frames it completed and the codec's tail (`MediaError.pcm`), as the service keeps them."""
     decoder = StreamDecoder("webm")
     parts = [p.data for c in chunks for p in decoder.feed(c)]
-    with contextlib.suppress(MediaError):
+    try:
         parts += [p.data for p in decoder.flush()]
+    except MediaError as exc:
+        parts += [p.data for p in getattr(exc, "pcm", [])]
     return np.frombuffer(b"".join(parts), np.int16)
 
 
@@ -469,6 +472,7 @@ async def speak(
     stop_timeout: float = 120.0,
     on_sent: Callable[[int], None] | None = None,
     halt: asyncio.Event | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Outcome:
     """Send `chunks` paced at `speed` times real time, then `stop`; return once the socket closes.
 
@@ -480,7 +484,7 @@ async def speak(
     closed = asyncio.Event()
     async with connect(
         url, subprotocols=["kvs-ingest.v1", f"bearer.{tok}"], compression=None,  # type: ignore[list-item]
-        open_timeout=t(30), max_size=None, close_timeout=t(10),
+        open_timeout=t(30), max_size=None, close_timeout=t(10), additional_headers=headers,
     ) as ws:  # fmt: skip
 
         async def receive() -> None:

@@ -136,11 +136,12 @@ async def test_acks_withheld_stale_connection_replaced(tmp_path: Path) -> None:
 
 
 async def test_acks_slow(tmp_path: Path) -> None:
-    """Every ack 3 s late: acks to the speaker come late but nothing is lost or re-sent twice."""
+    """Every ack 1.5 s late (the emulator delays them one after another): acks to the speaker
+    come late but nothing is lost or re-sent twice."""
     async with stack(tmp_path) as stk:
-        await stk.emulator.fault({"kind": "delay_acks", "seconds": 3})
+        await stk.emulator.fault({"kind": "delay_acks", "seconds": 1.5})
         async with sampling(stk.service) as series:
-            rec, out = await run_speaker(stk, "slowack", 16, seed=30, speed=2)
+            rec, out = await run_speaker(stk, "slowack", 10, seed=30, speed=2)
         a = await audit(
             stk.emulator.url, STREAM.format("slowack"), [rec.ours], ffmpeg_segments=[rec.ffmpeg]
         )
@@ -148,7 +149,7 @@ async def test_acks_slow(tmp_path: Path) -> None:
     assert a.clean, a
     record(
         "kvs-acks-slow",
-        "acks 3 s late: everything persisted once",
+        "acks 1.5 s late: everything persisted once",
         **a.figures(),
         max_buffered_s=max(series["buffered"], default=None),
     )
@@ -252,7 +253,7 @@ async def test_refused_until_buffer_full_gets_4503(tmp_path: Path) -> None:
 
             async def flushed() -> bool:
                 m = await stk.service.metrics()
-                return m.get("kvs_ingest_buffered_seconds", 1.0) == 0.0
+                return abs(m.get("kvs_ingest_buffered_seconds", 1.0)) < 1e-3  # float residue
 
             await wait_for(flushed, 120, "the ledger to empty once KVS is back", step=0.25)
             recovery = time.monotonic() - recovered
