@@ -294,19 +294,18 @@ class SendCursor:
             self._seq = max(self._seq, ledger.first_seq)
             frag = ledger.get(self._seq)
             if frag is None or (self._stopping and self._offset == 0):
-                if self._last_sent and self._eofr_after != self._last_sent:
-                    if not ledger.may_start(self._last_sent + 1):
-                        return None
-                    self._eofr_after = self._last_sent
-                    return END_OF_FRAGMENT
-                if self._stopping and self._offset == 0:
+                eofr = self._end_of_fragment()
+                if eofr is not None:
+                    return eofr
+                if self._stopping and self._offset == 0 and self._eofr_after == self._last_sent:
                     self.drained = True
                 return None
             if frag.resolved and self._offset == 0:
                 self._seq += 1
                 continue
             if self._offset == 0 and not ledger.may_start(frag.seq):
-                return None
+                # Waiting for an ack of the fragment last written: KVS must see it complete.
+                return self._end_of_fragment()
             if self._offset < len(frag.data):
                 if self._offset == 0:
                     frag.attempts += 1
@@ -322,3 +321,13 @@ class SendCursor:
             self._seq += 1
             self._offset = 0
             self.written.append(frag)
+
+    def _end_of_fragment(self) -> bytes | None:
+        """END_OF_FRAGMENT after the fragment last written, once, when the window allows."""
+        last = self._last_sent
+        if not last or self._eofr_after == last or not self._ledger.may_start(last + 1):
+            return None
+        if self._offset != 0:
+            return None
+        self._eofr_after = last
+        return END_OF_FRAGMENT
