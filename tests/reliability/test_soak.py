@@ -93,6 +93,7 @@ async def test_soak_speakers_with_reconnects_and_kvs_faults(tmp_path: Path) -> N
         unclean_sessions=sum(not a.clean for a in audits),
         sockets=sum(closes.values()),
         faults=len(faults_injected),
+        fault_kinds=sorted(set(faults_injected)),
         rss_mb_after_warmup=round(warm / 2**20, 1),
         rss_mb_end=round(late / 2**20, 1),
         max_loop_lag_ms=round(max(series["lag"], default=0) * 1000, 1),
