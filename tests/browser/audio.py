@@ -115,6 +115,38 @@ def best_correlation(x: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
     return (float(np.dot(aligned, x) / denom) if denom else 0.0), lag
 
 
+def windowed_correlation(x: np.ndarray, reference: np.ndarray, *, window_s: float = 1.0) -> float:
+    """The median over `window_s` windows of each one's best correlation with the looped
+    reference: the source's waveform everywhere, yet robust to the odd glitch of a fake
+    capture device on a loaded machine (which shifts the alignment of everything after it)."""
+    size = int(window_s * RATE)
+    scores = [
+        best_correlation(x[i : i + size], reference)[0]
+        for i in range(0, len(x) - size + 1, size)
+        if rms(x[i : i + size]) >= 0.01
+    ]
+    return float(np.median(scores)) if scores else 0.0
+
+
+def aligned_correlation(x: np.ndarray, y: np.ndarray, *, max_lag: int = RATE // 20) -> float:
+    """Normalised correlation of two renderings of the same audio at their best lag within
+    ±`max_lag` samples (different decoders and resamplers delay a little differently)."""
+    n = min(len(x), len(y)) - 2 * max_lag
+    if n <= 0:
+        return 0.0
+    a = x[max_lag : max_lag + n]
+    seg = y[: n + 2 * max_lag]
+    size = 1 << int(np.ceil(np.log2(len(seg) + n)))
+    # corr[k] = sum_i a[i] * seg[k + i] for k = 0 .. 2 * max_lag
+    corr = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(a, size)), size)
+    corr = corr[: 2 * max_lag + 1]
+    energy = np.concatenate(([0.0], np.cumsum(seg**2)))
+    window = np.sqrt(np.maximum(energy[n : n + 2 * max_lag + 1] - energy[: 2 * max_lag + 1], 0))
+    denom = np.linalg.norm(a) * window
+    valid = denom > 0
+    return float(np.max(corr[valid] / denom[valid])) if valid.any() else 0.0
+
+
 def silent_runs(x: np.ndarray, *, window_ms: int = 20, threshold: float = 0.01) -> list[float]:
     """Lengths (ms) of the runs of windows whose RMS is below `threshold`."""
     w = RATE * window_ms // 1000
