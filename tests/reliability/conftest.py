@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Rewrite docs/RELIABILITY.md from the scenarios' JSON results (this run's and earlier)."""
     if any(RESULTS_DIR.glob("*.json")):
         write_table()
+    shutil.rmtree(_scratch(), ignore_errors=True)
 
 
 def record(scenario: str, promise: str, **figures: Any) -> None:
@@ -172,6 +174,11 @@ def synth_wav(path: Path, seconds: float, seed: int, offset: int = 0) -> None:
         w.writeframes(pcm.tobytes())
 
 
+def _scratch() -> Path:
+    """This run's scratch folder for test signals (removed when the run ends)."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"kvs-rel-{os.getpid()}"
+
+
 _RECORDINGS: dict[tuple[float, int, int], Recording] = {}
 
 
@@ -181,11 +188,12 @@ def recording(seconds: float, seed: int = 0, *, offset: int = 0) -> Recording:
     key = (seconds, seed, offset)
     if key in _RECORDINGS:
         return _RECORDINGS[key]
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"kvs-rel-{os.getpid()}"
+    folder = _scratch()
     folder.mkdir(parents=True, exist_ok=True)
     wav = folder / f"signal-{seconds}-{seed}-{offset}.wav"
     synth_wav(wav, seconds, seed, offset)
     data, duration = encode(wav, "webm")
+    wav.unlink()  # up to 58 MB for the 10-minute one; the chunks are all we keep
     chunks = tuple(c.data for c in cut_chunks(data, duration, "webm", TIMESLICE_MS))
     decoder = StreamDecoder("webm")
     parts: list[bytes] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import ServiceProc, audit, record, recording, sampling, speak, stack, token
+from .conftest import ServiceProc, audit, record, recording, sampling, speak, stack, t, token
 
 STREAM = "session-{}"
 
@@ -150,5 +150,5 @@ async def test_event_loop_never_blocked_over_50ms_under_load(tmp_path: Path) -> 
     )
     assert all(o.close_code == 1000 for o in outs), [o.close_code for o in outs]
     assert len(series["lag"]) >= 10
-    assert lag < 0.050, lag
+    assert lag < t(0.050), lag  # KVS_INGEST_TEST_TIME_FACTOR only for a machine known loaded
     assert all(a.clean for a in audits), [a for a in audits if not a.clean][:1]
