@@ -89,14 +89,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_scratch(), ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Write the test's verdict into the results it recorded (the table's "verdict" column)."""
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        verdict = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        for path in RESULTS_DIR.glob("*.json"):
+            with contextlib.suppress(ValueError, OSError):
+                entry = json.loads(path.read_text())
+                if entry.get("test") == item.nodeid:
+                    entry["verdict"] = verdict
+                    path.write_text(json.dumps(entry, indent=1) + "\n")
+    return report
+
+
 def record(scenario: str, promise: str, **figures: Any) -> None:
-    """Store one scenario's measured figures for the results table (artifacts/reliability/)."""
+    """Store one scenario's measured figures for the results table (artifacts/reliability/).
+
+    Call it before the assertions: a failing scenario still shows what it measured."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
     entry = {
         "scenario": scenario,
         "promise": promise,
         "figures": figures,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "test": current.rsplit(" (", 1)[0],
+        "verdict": "running",
     }
     path = RESULTS_DIR / f"{scenario}.json"
     path.write_text(json.dumps(entry, indent=1, default=_plain) + "\n")

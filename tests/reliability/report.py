@@ -35,16 +35,18 @@ def _cell(value: Any) -> str:
 
 
 def table(entries: list[dict[str, Any]]) -> str:
-    head = "| scenario | promise | " + " | ".join(c[1] for c in COLUMNS)
+    head = "| scenario | promise | verdict | " + " | ".join(c[1] for c in COLUMNS)
     head += " | other measurements | run |"
-    rule = "|" + "---|" * (len(COLUMNS) + 4)
+    rule = "|" + "---|" * (len(COLUMNS) + 5)
     rows = [head, rule]
     for e in entries:
         figures = dict(e["figures"])
         cells = [_cell(figures.pop(key, None)) for key, _ in COLUMNS]
         other = ", ".join(f"{k}={_cell(v)}" for k, v in figures.items())
         rows.append(
-            f"| {e['scenario']} | {e['promise']} | " + " | ".join(cells) + f" | {other} | "
+            f"| {e['scenario']} | {e['promise']} | {e.get('verdict', '-')} | "
+            + " | ".join(cells)
+            + f" | {other} | "
             f"{e['when']} |"
         )
     return "\n".join(rows)

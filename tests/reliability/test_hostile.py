@@ -525,7 +525,7 @@ async def test_path_traversal_and_oversized_session_ids(tmp_path: Path) -> None:
         "hostile-paths",
         "traversal 404, bad/oversized session id 4400, no stream",
         **good_figures(verdicts),
-        http=statuses[0],
+        answers=statuses,
         close_codes=codes,
     )
 
