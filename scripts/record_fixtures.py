@@ -37,7 +37,7 @@ from playwright.async_api import Page, async_playwright
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.browser.firefox import Firefox, firefox_path  # noqa: E402
+from tests.browser.firefox import WEB_AUDIO_PREFS, Firefox, firefox_path  # noqa: E402
 
 OUT = REPO / "tests" / "data" / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -461,9 +461,8 @@ async def record_chromium(sink: ChunkSink, sources: dict[str, Source]) -> None:
 
 async def record_firefox(sink: ChunkSink, sources: dict[str, Source]) -> None:
     """firefox-esr: the fake microphone is a sine tone; other sources come in via Web Audio."""
-    async with await Firefox.launch(
-        prefs={"media.navigator.audio.fake_frequency": FIREFOX_FAKE_HZ}
-    ) as ff:
+    prefs = {**WEB_AUDIO_PREFS, "media.navigator.audio.fake_frequency": FIREFOX_FAKE_HZ}
+    async with await Firefox.launch(prefs=prefs) as ff:
         tab = await ff.new_tab()
         await ff.navigate(tab, sink.url)
         types = await supported(lambda expr: ff.evaluate_json(tab, expr))
