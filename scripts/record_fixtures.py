@@ -397,7 +397,7 @@ async def supported(evaluate: Any) -> list[str]:
     return list(result)
 
 
-async def record_chromium(sink: ChunkSink, sources: dict[str, Source]) -> None:
+async def record_chromium(sink: ChunkSink, sources: dict[str, Source], out: Path) -> None:
     """One Chromium per source (the fake device plays one file); the recordings run in
     parallel pages of it."""
     async with async_playwright() as p:
@@ -439,7 +439,7 @@ async def record_chromium(sink: ChunkSink, sources: dict[str, Source]) -> None:
                     save(
                         sink,
                         rec_id,
-                        OUT / "chromium" / job.name,
+                        out / "chromium" / job.name,
                         browser="chromium",
                         version=version,
                         job=job,
@@ -459,7 +459,7 @@ async def record_chromium(sink: ChunkSink, sources: dict[str, Source]) -> None:
                 await browser.close()
 
 
-async def record_firefox(sink: ChunkSink, sources: dict[str, Source]) -> None:
+async def record_firefox(sink: ChunkSink, sources: dict[str, Source], out: Path) -> None:
     """firefox-esr: the fake microphone is a sine tone; other sources come in via Web Audio."""
     prefs = {**WEB_AUDIO_PREFS, "media.navigator.audio.fake_frequency": FIREFOX_FAKE_HZ}
     async with await Firefox.launch(prefs=prefs) as ff:
@@ -535,7 +535,7 @@ async def record_firefox(sink: ChunkSink, sources: dict[str, Source]) -> None:
             save(
                 sink,
                 rec_id,
-                OUT / "firefox" / job.name,
+                out / "firefox" / job.name,
                 browser="firefox",
                 version=ff.version,
                 job=job,
@@ -547,10 +547,16 @@ async def record_firefox(sink: ChunkSink, sources: dict[str, Source]) -> None:
             await asyncio.gather(*(run(*item) for item in plan[start : start + 4]))
 
 
+def corpus_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--browser", choices=["chromium", "firefox", "all"], default="all")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"corpus folder (default {OUT})")
     args = parser.parse_args()
+    out: Path = args.out
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvs-fixtures-") as tmp:
         sources = synthesise_sources(Path(tmp))
@@ -558,16 +564,16 @@ async def main() -> int:
         runner = await sink.start()
         try:
             if args.browser in ("chromium", "all"):
-                await record_chromium(sink, sources)
+                await record_chromium(sink, sources, out)
             if args.browser in ("firefox", "all"):
                 if firefox_path() is None:
                     print("firefox-esr is not installed: Firefox corpus not recorded")
                 else:
-                    await record_firefox(sink, sources)
+                    await record_firefox(sink, sources, out)
         finally:
             await runner.cleanup()
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"corpus: {total / 1e6:.2f} MB in {OUT} ({time.monotonic() - started:.0f} s)")
+    total = corpus_bytes(out)
+    print(f"corpus: {total / 1e6:.2f} MB in {out} ({time.monotonic() - started:.0f} s)")
     return 0
 
 
