@@ -1,5 +1,6 @@
 """Fixtures of the browser suite: one `kvs-ingest serve` (embedded emulator, demo page, HS256
-auth) for the whole run, one headless Chromium per fake-microphone source, the sources.
+auth) for the package, one headless Chromium per fake-microphone source, the sources. Package
+scope: the processes end with the suite, not with a longer `make test` run.
 
 Chromium must be installed (`make test` installs Debian's chromium): without it these tests
 fail, they do not skip. Timeouts scale with KVS_INGEST_TEST_TIME_FACTOR.
@@ -55,22 +56,22 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, audio.Source]
     return {"two-tone": audio.two_tone_source(folder), "speech": audio.speech_source(folder)}
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
-    """`kvs-ingest serve` with DEMO_PAGE=1 on the embedded emulator, for the whole suite."""
+    """`kvs-ingest serve` with DEMO_PAGE=1 on the embedded emulator, for the whole package."""
     svc = await start_service(tmp_path_factory.mktemp("kvs-data"))
     yield svc
     code = await svc.stop()
     assert code == 0, f"serve exited {code}: {svc.lines[-10:]}"
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def playwright() -> AsyncIterator[Playwright]:
     async with async_playwright() as p:
         yield p
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def chromium(
     playwright: Playwright, chromium_executable: str, sources: dict[str, audio.Source]
 ) -> AsyncIterator[Callable[[str], Awaitable[Browser]]]:

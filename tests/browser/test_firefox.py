@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 FAKE_HZ = 880  # not Firefox's default 1000, so the tone proves the pref reached the device
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def firefox() -> AsyncIterator[Firefox]:
     """One headless firefox-esr for the module (skipped only if it is not installed)."""
     if firefox_path() is None:
