@@ -355,7 +355,9 @@ class IngestServer:
         while True:
             before = loop.time()
             await asyncio.sleep(interval)
-            metrics.EVENT_LOOP_LAG.set(max(0.0, loop.time() - before - interval))
+            lag = max(0.0, loop.time() - before - interval)
+            metrics.EVENT_LOOP_LAG.set(lag)
+            metrics.EVENT_LOOP_LAG_HISTOGRAM.observe(lag)
 
 
 class SpeakerConnection:

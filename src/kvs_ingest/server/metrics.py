@@ -32,6 +32,12 @@ PERSIST_LATENCY = Histogram(
     buckets=(0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
 )
 EVENT_LOOP_LAG = Gauge("kvs_ingest_event_loop_lag_seconds", "Last measured event-loop lag")
+# Every probe, so a p99 and short stalls can be read from /metrics (the gauge keeps only the last).
+EVENT_LOOP_LAG_HISTOGRAM = Histogram(
+    "kvs_ingest_event_loop_lag_probe_seconds",
+    "Event-loop lag of every probe (how late a sleep woke up)",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 DRAINING = Gauge("kvs_ingest_draining", "1 while the process drains after SIGTERM")
 
 
