@@ -228,7 +228,8 @@ class Processes:
                 KVS_INGEST_MAX_CONNECTIONS="20000",
                 KVS_INGEST_LOG_FORMAT="json",
             )
-            cmd = [PY, "-c", SERVE_CODE]
+            cli = Path(PY).with_name("kvs-ingest")
+            cmd = [str(cli), "serve"] if cli.exists() else [PY, "-c", SERVE_CODE]
         else:
             cmd = [PY, str(BENCH / "old_design.py"), "--port", str(self.port),
                    "--endpoint", self.emulator_url]  # fmt: skip
