@@ -50,8 +50,7 @@ def test_the_faithful_copy_passes(recorded: tuple[DemoRun, Fetched, np.ndarray])
 
 @pytest.mark.parametrize("fault", ["silent", "short", "pitch", "other-audio", "not-stopped"])
 def test_a_bad_copy_fails(recorded: tuple[DemoRun, Fetched, np.ndarray], fault: str) -> None:
-    """Silence, 150 ms missing, the tones resampled wrong, speech-like noise instead, or a stop
-    that did not end in 1000: each is caught."""
+    """Silence, 150 ms missing, a wrong-rate pitch, noise, or a stop without 1000: each fails."""
     run, fetched, reference = recorded
     x = fetched.samples
     if fault == "silent":

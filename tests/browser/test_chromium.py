@@ -160,8 +160,7 @@ async def test_recorder_restarted_mid_session(
     tmp_path: Path,
     mime: str,
 ) -> None:
-    """A page that stops its recorder and starts a new one on the same socket: both recordings
-    land in KVS back to back, each the source audio."""
+    """A recorder stopped and a new one started on the same socket: both land in KVS in order."""
     tab = await chromium_tab("two-tone")
 
     async def restart(tab: Tab) -> None:
@@ -230,9 +229,7 @@ async def test_reconnect_after_network_drop(
     session_id: str,
     tmp_path: Path,
 ) -> None:
-    """The connection is cut under the page (close 1006): it reconnects on a new socket with a
-    new recorder, and KVS holds the first socket's audio up to the cut, then all of the
-    second's, in order, with no hole or overlap inside."""
+    """A cut connection (1006): a new socket and recorder; KVS holds both parts, in order, whole."""
     tab = await chromium_tab("two-tone")
     run, persisted_before_drop = await record_with_drop(service, tab, session_id, 5.0)
     check_stopped_cleanly(run)
@@ -272,9 +269,7 @@ async def test_server_drain_moves_the_page_to_another_task(
     session_id: str,
     tmp_path: Path,
 ) -> None:
-    """A deploy: the task the page speaks to gets SIGTERM, closes the socket with 1012 after
-    flushing, and the page reconnects at once (through the "load balancer") to another task on
-    the same KVS; the session holds both parts, in order, without overlap."""
+    """A deploy: 1012 from a draining task, the page moves to another; KVS holds both parts."""
     other = await start_service(tmp_path / "other-data", kvs_endpoint=service.emulator_url)
     proxy = DropProxy(other.port)
     await proxy.start()
@@ -340,9 +335,7 @@ async def test_server_drain_moves_the_page_to_another_task(
 async def test_timeline_follows_the_wall_clock_across_a_drop(
     service: Service, chromium_tab: OpenTab, session_id: str, tmp_path: Path
 ) -> None:
-    """KVS timecodes match when the page recorded: the first audio within 250 ms of the first
-    recorder's start, and the second socket's audio within 250 ms of its recorder's start,
-    the time in between left as an explicit gap (DESIGN.md §5)."""
+    """KVS timecodes follow the page's recorder starts (±250 ms), with an explicit gap between."""
     tab = await chromium_tab("two-tone")
     run, _ = await record_with_drop(service, tab, session_id, 4.0)
     check_stopped_cleanly(run)
@@ -353,7 +346,10 @@ async def test_timeline_follows_the_wall_clock_across_a_drop(
         fetched.start_ms + (len(fetched.samples) - len(second)) * 1000 / audio.RATE
         + sum(fetched.gaps_ms)
     )  # fmt: skip
-    note = f"page starts {starts}, kvs start {fetched.start_ms}, leg 2 at {leg2_in_kvs:.0f}; {fetched.stdout}"
+    note = (
+        f"page starts {starts}, kvs start {fetched.start_ms}, leg 2 at {leg2_in_kvs:.0f}; "
+        f"{fetched.stdout}"
+    )
     assert abs(fetched.start_ms - starts[(1, 1)]) <= 250, note
     assert len(fetched.gaps_ms) == 1, note
     assert abs(leg2_in_kvs - starts[(2, 1)]) <= 250, note
@@ -363,8 +359,7 @@ async def test_timeline_follows_the_wall_clock_across_a_drop(
 async def test_refused_token_shows_close_code_and_does_not_retry(
     service: Service, chromium_tab: OpenTab, session_id: str, which: str, code: str
 ) -> None:
-    """A bad token (4401) or one for another session (4403): the page shows the close code and
-    its meaning, and does not reconnect."""
+    """A bad (4401) or foreign (4403) token: the page shows the code and does not reconnect."""
     tab = await chromium_tab("two-tone")
     if which == "garbled":
         bad = (await token(session_id))[:-4] + "AAAA"
