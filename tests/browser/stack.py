@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import ssl
+import subprocess
 import sys
 import wave
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class Service:
     emulator_url: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    tls: bool = False
 
     def trouble(self) -> list[dict[str, Any]]:
         """The warnings and errors it logged (for failure messages)."""
@@ -59,7 +62,7 @@ class Service:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def stop(self) -> int:
         if self.proc.returncode is None:
@@ -75,10 +78,12 @@ class Service:
         return code
 
 
-async def start_service(data_dir: Path, *, kvs_endpoint: str | None = None) -> Service:
+async def start_service(
+    data_dir: Path, *, kvs_endpoint: str | None = None, tls: tuple[Path, Path] | None = None
+) -> Service:
     """`kvs-ingest serve` on a free loopback port with DEMO_PAGE=1 and the embedded emulator
     (or, with `kvs_endpoint`, another service's emulator, as a second task of a fleet would);
-    returns once it listens and /healthz answers 200."""
+    returns once it listens and /healthz answers 200. `tls` = (cert, key) serves HTTPS/WSS."""
     env = service_env(
         KVS_INGEST_DEMO_PAGE="1",
         KVS_INGEST_EMBEDDED_DATA_DIR=str(data_dir),
@@ -94,10 +99,12 @@ async def start_service(data_dir: Path, *, kvs_endpoint: str | None = None) -> S
             AWS_SECRET_ACCESS_KEY="test",
             AWS_DEFAULT_REGION="us-east-1",
         )
+    if tls is not None:
+        env.update(KVS_INGEST_TLS_CERT_FILE=str(tls[0]), KVS_INGEST_TLS_KEY_FILE=str(tls[1]))
     proc = await asyncio.create_subprocess_exec(
         *CMD, "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
-    service = Service(proc, data_dir, emulator_url=kvs_endpoint or "")
+    service = Service(proc, data_dir, emulator_url=kvs_endpoint or "", tls=tls is not None)
     listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     async def read() -> None:
@@ -118,7 +125,7 @@ async def start_service(data_dir: Path, *, kvs_endpoint: str | None = None) -> S
     service.reader = asyncio.create_task(read())
     try:
         service.port = await asyncio.wait_for(listening, t(60))
-        await wait_healthy(service.port)
+        await wait_healthy(service.port, tls=service.tls)
     except BaseException:
         await service.stop()
         raise
@@ -126,12 +133,17 @@ async def start_service(data_dir: Path, *, kvs_endpoint: str | None = None) -> S
     return service
 
 
-async def wait_healthy(port: int) -> None:
+async def wait_healthy(port: int, *, tls: bool = False) -> None:
     """Poll GET /healthz until 200 (plain asyncio streams: no client library in the way)."""
     deadline = asyncio.get_running_loop().time() + t(30)
+    context = None
+    if tls:  # a self-signed test certificate
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     while True:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             status = await reader.readline()
             writer.close()
@@ -162,6 +174,18 @@ async def token(session: str) -> str:
     code, out, err = await run_cli("token", "--session", session)
     assert code == 0, err
     return out.strip()
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (openssl), for the HTTPS/WSS page test."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 @dataclass(frozen=True)

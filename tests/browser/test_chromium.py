@@ -21,7 +21,15 @@ from tests.browser.checks import (
     check_stopped_cleanly,
 )
 from tests.browser.demo import ChromiumTab, DemoRun, Tab, demo_url, record, wait_until
-from tests.browser.stack import DropProxy, Fetched, Service, fetch, start_service, token
+from tests.browser.stack import (
+    DropProxy,
+    Fetched,
+    Service,
+    fetch,
+    self_signed_cert,
+    start_service,
+    token,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
@@ -353,6 +361,40 @@ async def test_timeline_follows_the_wall_clock_across_a_drop(
     assert abs(fetched.start_ms - starts[(1, 1)]) <= 250, note
     assert len(fetched.gaps_ms) == 1, note
     assert abs(leg2_in_kvs - starts[(2, 1)]) <= 250, note
+
+
+async def test_page_over_https_speaks_wss(
+    chromium: Callable[[str], Awaitable[Browser]],
+    sources: dict[str, audio.Source],
+    session_id: str,
+    tmp_path: Path,
+) -> None:
+    """Served over HTTPS, the page opens wss:// on its own host, and the audio lands in KVS."""
+    cert = await asyncio.to_thread(self_signed_cert, tmp_path)
+    secure = await start_service(tmp_path / "data", tls=cert)
+    context = await (await chromium("two-tone")).new_context(ignore_https_errors=True)
+    try:
+        tab = ChromiumTab(await context.new_page())
+
+        async def scheme(tab: Tab) -> None:
+            url = await tab.evaluate("kvsDemo.ws.url")
+            assert url.startswith(f"wss://127.0.0.1:{secure.port}/v1/sessions/"), url
+
+        run = await record(
+            tab,
+            secure.http,
+            session=session_id,
+            token=await token(session_id),
+            mime="audio/webm;codecs=opus",
+            timeslice=250,
+            seconds=2.0,
+            during=scheme,
+        )
+        fetched = await fetch(secure, session_id, tmp_path / "out.wav")
+    finally:
+        await context.close()
+        await secure.stop()
+    check_round_trip(run, fetched, reference=sources["two-tone"].reference, tones=audio.TWO_TONE)
 
 
 @pytest.mark.parametrize(("which", "code"), [("garbled", "4401"), ("other-session", "4403")])
