@@ -100,6 +100,8 @@ class KvsControl:
         self.endpoints = EndpointCache(self._get_data_endpoint, ttl=endpoint_cache_seconds)
         self.healthy = True  # the last control-plane call worked (for /readyz)
         self._keys_checked = False
+        self._archived: dict[str, Any] = {}  # LIST_FRAGMENTS endpoint -> archived-media client
+        self._archived_lock = asyncio.Lock()
 
     async def __aenter__(self) -> KvsControl:
         return self
@@ -183,12 +185,13 @@ class KvsControl:
             return result
         raise AssertionError("unreachable")
 
-    async def ensure_stream(self, stream_name: str, *, tags: dict[str, str] | None = None) -> None:
+    async def ensure_stream(self, stream_name: str, *, tags: dict[str, str] | None = None) -> bool:
         """The stream exists and is ACTIVE when this returns; raises StreamNotActive or
-        ControlPlaneError otherwise."""
+        ControlPlaneError otherwise. True when this call created it (so it holds nothing)."""
         deadline = time.monotonic() + self.tuning.active_timeout
         delay = 0.1
         created = False
+        ours = False
         while True:
             try:
                 info = (await self.call("DescribeStream", StreamName=stream_name))["StreamInfo"]
@@ -199,11 +202,11 @@ class KvsControl:
                     info = {"Status": "CREATING"}  # not visible yet: eventual consistency
                 else:
                     created = True
-                    await self._create(stream_name, tags or {})
+                    ours = await self._create(stream_name, tags or {})
                     continue
             status = info.get("Status")
             if status == "ACTIVE":
-                return
+                return ours
             if status == "DELETING":
                 raise StreamNotActive(f"stream {stream_name} is being deleted")
             if time.monotonic() + delay > deadline:
@@ -213,7 +216,7 @@ class KvsControl:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    async def _create(self, stream_name: str, tags: dict[str, str]) -> None:
+    async def _create(self, stream_name: str, tags: dict[str, str]) -> bool:
         params: dict[str, Any] = {
             "StreamName": stream_name,
             "MediaType": STREAM_MEDIA_TYPE,
@@ -224,9 +227,11 @@ class KvsControl:
         try:
             await self.call("CreateStream", **params)
             log.info("kvs_stream_created", stream=stream_name)
+            return True
         except ControlPlaneError as exc:
             if exc.code != "ResourceInUseException":  # a concurrent creator won: fine
                 raise
+            return False
 
     async def _get_data_endpoint(self, stream_name: str, api: str) -> str:
         result = await self.call("GetDataEndpoint", StreamName=stream_name, APIName=api)
@@ -237,6 +242,78 @@ class KvsControl:
 
     def invalidate_endpoint(self, stream_name: str, url: str | None = None) -> None:
         self.endpoints.invalidate(stream_name, "PUT_MEDIA", url)
+
+    async def _archived_client(self, url: str) -> Any:
+        async with self._archived_lock:
+            client = self._archived.get(url)
+            if client is None:
+                await self._ensure_keys()
+                config = AioConfig(
+                    retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15
+                )
+                client = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "kinesis-video-archived-media",
+                        region_name=self.region,
+                        endpoint_url=url,
+                        config=config,
+                    )
+                )
+                self._archived[url] = client
+            return client
+
+    async def stored_end_ms(self, stream_name: str, *, lookback_seconds: float) -> int | None:
+        """Where the stream's stored audio ends (absolute ms), from ListFragments over the
+        fragments KVS received in the last `lookback_seconds`: max(ProducerTimestamp +
+        FragmentLengthInMilliseconds). None when nothing was stored in that window. Raises
+        ControlPlaneError (after back-off) when the look-up fails; the caller decides.
+
+        A new process continues a session after this point, so its fragments never start
+        before what KVS holds (error 4004) even when the old process's timeline ran ahead of
+        the wall clock.
+        """
+        url = await self.endpoints.get(stream_name, "LIST_FRAGMENTS")
+        client = await self._archived_client(url)
+        now = time.time()
+        params: dict[str, Any] = {
+            "StreamName": stream_name,
+            "MaxResults": 1000,
+            "FragmentSelector": {
+                "FragmentSelectorType": "SERVER_TIMESTAMP",
+                "TimestampRange": {
+                    "StartTimestamp": now - lookback_seconds,
+                    # KVS's clock may run a little ahead of ours.
+                    "EndTimestamp": now + 60.0,
+                },
+            },
+        }
+        end: int | None = None
+        attempts = max(1, self.tuning.control_attempts)
+        attempt = 0
+        while True:
+            try:
+                page: dict[str, Any] = await client.list_fragments(**params)
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                code = _error_code(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
+                CONTROL_CALLS.labels("ListFragments", code).inc()
+                attempt += 1
+                if not _retryable(exc) or attempt >= attempts:
+                    self.endpoints.invalidate(stream_name, "LIST_FRAGMENTS", url)
+                    raise ControlPlaneError(
+                        "ListFragments", code, str(exc), retryable=_retryable(exc)
+                    ) from exc
+                await asyncio.sleep(self.tuning.backoff(attempt - 1))
+                continue
+            CONTROL_CALLS.labels("ListFragments", "ok").inc()
+            for frag in page.get("Fragments", []):
+                produced = frag["ProducerTimestamp"]
+                start_ms = round(produced.timestamp() * 1000)
+                length = int(frag.get("FragmentLengthInMilliseconds") or 0)
+                end = max(end or 0, start_ms + length)
+            token = page.get("NextToken")
+            if not token:
+                return end
+            params["NextToken"] = token  # same selector on every page
 
 
 def _snake(api: str) -> str:

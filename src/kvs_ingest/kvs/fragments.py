@@ -50,6 +50,23 @@ END_OF_FRAGMENT = mkv.tags([(TAG_END_OF_FRAGMENT, "")])
 """Tells KVS the open fragment is complete without starting another or ending the body."""
 
 
+def retime(data: bytes | bytearray, old_timecode: int, new_timecode: int) -> bytearray:
+    """A fragment's bytes with its Cluster Timecode moved from `old_timecode` to `new_timecode`.
+
+    Block timecodes are relative to the Cluster, so this moves the whole fragment. The fragment
+    starts with its metadata Tags, then the Cluster header `FragmentWriter` wrote; raises
+    ValueError when that header is not where it should be.
+    """
+    head = mkv.cluster_header(old_timecode)
+    at = bytes(data[: len(head) + 4096]).find(head)
+    if at < 0:
+        raise ValueError(f"no Cluster with timecode {old_timecode} at the fragment's start")
+    out = bytearray(data[:at])
+    out += mkv.cluster_header(new_timecode)
+    out += data[at + len(head) :]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class FragmentPiece:
     """Bytes for one fragment, produced by one `write` or `close` call.
@@ -133,6 +150,15 @@ class FragmentWriter:
         pieces = self.close()
         self._next_ms = timecode_ms
         return pieces
+
+    def shift(self, delta_ms: int) -> None:
+        """Move the open fragment and everything after it `delta_ms` later (the ledger moved
+        its copy of the open fragment's bytes the same way: `retime`)."""
+        if delta_ms < 0:
+            raise ValueError("timecodes never go backwards")
+        if self._open_tc is not None:
+            self._open_tc += delta_ms
+        self._next_ms += delta_ms
 
     def write(self, pcm: bytes) -> list[FragmentPiece]:
         if self._odd:

@@ -8,6 +8,8 @@ Fragment states (who changes them: `SendCursor` when sending, `on_ack` for acks)
 
     PENDING   --ack BUFFERING-->  BUFFERING --RECEIVED--> RECEIVED --PERSISTED--> PERSISTED
     any unresolved --ERROR 4004 on a re-send--> DUPLICATE     (KVS already has it)
+    any unresolved --ERROR 4004 on its first send--> PENDING, `shift` moves it and all after
+                                                     it later (a timeline conflict: never stored)
     any unresolved --ERROR non-retryable-->     FAILED        (logged, counted, skipped)
     any unresolved --ERROR 4000/5000/5001/4003, or a new connection rolls back--> PENDING
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from kvs_ingest.kvs.acks import AckEvent, AckEventType
-from kvs_ingest.kvs.fragments import END_OF_FRAGMENT, FragmentPiece
+from kvs_ingest.kvs.fragments import END_OF_FRAGMENT, FragmentPiece, retime
 from kvs_ingest.kvs.limits import (
     DUPLICATE_ERROR_ID,
     RECONNECT_ERROR_IDS,
@@ -56,6 +58,9 @@ class AckAction(Enum):
     NONE = "none"
     RECONNECT = "reconnect"  # 4003: new connection, carry on after the last RECEIVED
     RETRY = "retry"  # retryable ERROR: end this connection, re-send after the last PERSISTED
+    # 4004 on a fragment's first send: KVS holds audio at or after its timecode. End this
+    # connection, move the fragment and all after it past KVS's end (`shift`), send again.
+    RETIME = "retime"
 
 
 @dataclass(eq=False, slots=True)
@@ -211,9 +216,15 @@ class FragmentLedger:
         if kind is AckEventType.ERROR:
             error_id = event.error_id
             frag.error_id = error_id
-            if error_id == DUPLICATE_ERROR_ID and frag.attempts > 1:
-                self._resolve(frag, Status.DUPLICATE)
-                return AckOutcome(AckAction.NONE, frag, (frag,))
+            if error_id == DUPLICATE_ERROR_ID:
+                if frag.attempts > 1:
+                    self._resolve(frag, Status.DUPLICATE)
+                    return AckOutcome(AckAction.NONE, frag, (frag,))
+                # Never sent before, so it cannot be a duplicate: it overlaps what KVS holds.
+                # Not stored; a later PERSISTED must not cover it.
+                frag.status = Status.PENDING
+                frag.refused = True
+                return AckOutcome(AckAction.RETIME, frag)
             if error_id in RECONNECT_ERROR_IDS:
                 frag.status = Status.PENDING
                 return AckOutcome(AckAction.RECONNECT, frag)
@@ -224,6 +235,28 @@ class FragmentLedger:
             self._resolve(frag, Status.FAILED)
             return AckOutcome(AckAction.NONE, frag, (frag,))
         return AckOutcome(AckAction.NONE, frag)
+
+    def shift(self, from_seq: int, delta_ms: int) -> list[Fragment]:
+        """Move fragment `from_seq` and every one after it `delta_ms` later (rewriting their
+        Cluster Timecodes) and make them first sends again. The caller moves the writer's open
+        fragment by the same amount in the same step. Returns the fragments moved."""
+        if delta_ms <= 0:
+            raise ValueError("a shift moves forward")
+        moved = [f for f in self._items if f.seq >= from_seq]
+        for frag in moved:
+            del self._by_tc[frag.timecode]
+        for frag in moved:
+            frag.data = retime(frag.data, frag.timecode, frag.timecode + delta_ms)
+            frag.timecode += delta_ms
+            self._by_tc[frag.timecode] = frag
+            if not frag.resolved:
+                frag.status = Status.PENDING
+                frag.attempts = 0
+                frag.sent_conn = 0
+                frag.sent_at = None
+                frag.refused = False
+                frag.error_id = None
+        return moved
 
     def _resolve(self, frag: Fragment, status: Status) -> None:
         frag.status = status

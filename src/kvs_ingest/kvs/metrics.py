@@ -24,6 +24,10 @@ FRAGMENTS_FAILED = Counter(
     "kvs_ingest_fragments_failed_total",
     "Fragments given up on (non-retryable error id): their audio is not in KVS",
 )
+FRAGMENTS_RETIMED = Counter(
+    "kvs_ingest_fragments_retimed_total",
+    "Fragments moved later after KVS refused a first send as out of order (4004)",
+)
 PUTMEDIA_CONNECTS = Counter(
     "kvs_ingest_putmedia_connects_total", "PutMedia requests opened, by outcome", ["outcome"]
 )

@@ -34,6 +34,9 @@ class Tuning:
     drift_tolerance_ms: int = 200
     # ...by at most this much per fragment boundary, forward only.
     drift_max_step_ms: int = 100
+    # A first send refused as out of order (4004) when KVS's end cannot be learned moves the
+    # rest this much later (doubling while it keeps happening).
+    retime_step_ms: int = 10_000
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential back-off for the `attempt`-th retry (0-based)."""

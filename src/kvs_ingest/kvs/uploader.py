@@ -10,6 +10,7 @@ Connection lifecycle (changed only by `_run`):
     WAITING --unresolved fragments--> CONNECTING --200--> STREAMING
     STREAMING --rotation due / idle / close--> DRAINING (nothing new; waits for PERSISTED) --> WAITING
     STREAMING --drop, retryable ERROR, 4003, stale--> BACKOFF --> CONNECTING
+    STREAMING --4004 on a first send--> RETIMING (learn KVS's end, move the rest later) --> CONNECTING
     CONNECTING --HTTP refusal--> BACKOFF (endpoint re-fetched)
 """
 
@@ -51,6 +52,7 @@ class State(StrEnum):
     STREAMING = "streaming"
     DRAINING = "draining"
     BACKOFF = "backoff"
+    RETIMING = "retiming"
     CLOSED = "closed"
 
 
@@ -62,6 +64,7 @@ class _End(StrEnum):
     DROPPED = "dropped"
     RETRY = "error_ack"  # a retryable ERROR ack
     RECONNECT = "max_duration"  # 4003
+    RETIME = "timeline_conflict"  # 4004 on a first send: move the rest past KVS's end
     STALE = "stale"
     REFUSED = "refused"
     THROTTLED = "throttled"  # refused for rate or a concurrent connection: same endpoint
@@ -79,7 +82,10 @@ _ROLLBACK = {
     _End.THROTTLED: Rollback.AFTER_RECEIVED,
     _End.RETRY: Rollback.AFTER_PERSISTED,
     _End.STALE: Rollback.AFTER_PERSISTED,
+    _End.RETIME: Rollback.AFTER_PERSISTED,
 }
+
+_VERDICT = {AckAction.RETRY: _End.RETRY, AckAction.RECONNECT: _End.RECONNECT}
 
 
 class StreamUploader:
@@ -95,6 +101,7 @@ class StreamUploader:
         on_resolved: Callable[[list[Fragment]], None] | None = None,
         tuning: Tuning = DEFAULT_TUNING,
         segment_uid: bytes | None = None,
+        lookback_seconds: float = 15 * 60.0,
     ) -> None:
         self.kvs = kvs
         self._http = http
@@ -103,6 +110,13 @@ class StreamUploader:
         self._rotate_seconds = rotate_seconds
         # Told of fragments leaving the ledger resolved, in order (the session sets it).
         self.on_resolved = on_resolved
+        # Told (synchronously, right after the ledger moved) that the fragments from a timeline
+        # conflict on moved `delta_ms` later: the session moves its writer's open fragment too.
+        self.on_retimed: Callable[[int], None] | None = None
+        self._lookback = lookback_seconds
+        self._conflict: Fragment | None = None  # the fragment a first-send 4004 refused
+        self._retimes = 0  # consecutive re-timings without a PERSISTED in between
+        self.retimed_ms = 0  # total forward moves
         self.tuning = tuning
         self._header = connection_header(segment_uid or os.urandom(16))
         self._wake = asyncio.Event()  # new bytes in the ledger, or a flag changed
@@ -201,6 +215,9 @@ class StreamUploader:
             if end in (_End.CLEAN, _End.SERVER_CLOSED):
                 failures = 0
                 continue
+            if end is _End.RETIME:
+                await self._retime()
+                continue
             if end not in (_End.RECONNECT, _End.THROTTLED) and endpoint is not None:
                 self.kvs.invalidate_endpoint(self.stream_name, endpoint)
             if self._closing and not self.ledger.unresolved:
@@ -246,10 +263,16 @@ class StreamUploader:
             if event.type is AckEventType.ERROR:
                 m.FRAGMENTS_ERRORED.labels(str(event.error_id)).inc()
                 self._log_error_ack(event, frag)
-            if outcome.action is not AckAction.NONE and not verdict:
+            if outcome.action is AckAction.RETIME and frag is not None:
+                if self._conflict is None or frag.seq < self._conflict.seq:
+                    self._conflict = frag
+                if not verdict:
+                    verdict.append(_End.RETIME)
+                    conn.abort()
+            elif outcome.action is not AckAction.NONE and not verdict:
                 # Drop the connection now: nothing more may be persisted after the refused
                 # fragment on it, or its re-send would be refused as out of order (4004).
-                verdict.append(_End.RETRY if outcome.action is AckAction.RETRY else _End.RECONNECT)
+                verdict.append(_VERDICT[outcome.action])
                 conn.abort()
             self._wake.set()
             if outcome.newly_resolved:
@@ -383,10 +406,43 @@ class StreamUploader:
             m.FRAGMENTS_SENT.labels("first" if frag.attempts <= 1 else "resend").inc()
         frags.clear()
 
+    async def _retime(self) -> None:
+        """A first send was refused with 4004: KVS holds audio at or after its timecode (another
+        process ran ahead of the wall clock). Learn where KVS's audio ends (ListFragments), or
+        step forward by a growing bound when that fails, and move the refused fragment and all
+        after it there. Nothing was stored, nothing is counted as stored."""
+        frag, self._conflict = self._conflict, None
+        if frag is None or frag.resolved or self.ledger.get(frag.seq) is not frag:
+            return
+        self.state = State.RETIMING
+        step = self.tuning.retime_step_ms * 2 ** min(self._retimes, 6)
+        self._retimes += 1
+        end: int | None = None
+        try:
+            end = await self.kvs.stored_end_ms(self.stream_name, lookback_seconds=self._lookback)
+        except Exception as exc:  # best effort: the bounded step below still moves on
+            self._log.warning("kvs_stored_end_unknown", error=str(exc))
+        if frag.resolved or self.ledger.get(frag.seq) is not frag:
+            return
+        delta = end - frag.timecode if end is not None and end > frag.timecode else step
+        moved = self.ledger.shift(frag.seq, delta)
+        if self.on_retimed is not None:
+            self.on_retimed(delta)
+        self.retimed_ms += delta
+        m.FRAGMENTS_RETIMED.inc(len(moved))
+        self._log.warning(
+            "putmedia_timeline_conflict",
+            fragment_seq=frag.seq,
+            moved_ms=delta,
+            fragments=len(moved),
+            stored_end_known=end is not None,
+        )
+
     def _resolved(self, frags: tuple[Fragment, ...]) -> None:
         now = time.monotonic()
         for frag in frags:
             if frag.status is Status.PERSISTED:
+                self._retimes = 0
                 m.FRAGMENTS_PERSISTED.inc()
                 if frag.sent_at is not None:
                     m.PERSIST_LATENCY.observe(max(0.0, now - frag.sent_at))

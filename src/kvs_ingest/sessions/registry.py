@@ -28,6 +28,8 @@ log = get_logger(__name__)
 
 _REAP_SECONDS = 1.0
 _REMEMBER = 10_000  # session ends kept after their sessions were let go
+# ListFragments looks this far back (at least) for where a stream's stored audio ends.
+_LOOKBACK_MIN_SECONDS = 15 * 60.0
 
 
 class SessionRegistry:
@@ -83,14 +85,19 @@ class SessionRegistry:
             future.exception()
 
     async def _create(self, session_id: str) -> Session:
+        # The speaker's audio started arriving now, not once the stream is ready: the first
+        # speaker is placed here, so the timeline does not run ahead of the wall clock by the
+        # CreateStream + ACTIVE wait.
+        opened_ms = wall_ms()
         stream = self.settings.stream_name(session_id)
         try:
-            await self.kvs.ensure_stream(
+            created = await self.kvs.ensure_stream(
                 stream, tags={"kvs-ingest:session": session_id, "created-by": "kvs-ingest"}
             )
         except KvsError as exc:
             log.warning("kvs_stream_unavailable", session=session_id, error=str(exc))
             raise KvsUnavailable(str(exc)) from exc
+        stored_end = 0 if created else await self._stored_end(session_id, stream)
         uploader = StreamUploader(
             self.kvs,
             self._client(),
@@ -98,7 +105,7 @@ class SessionRegistry:
             rotate_seconds=self.settings.putmedia_rotate_seconds,
             tuning=self.tuning,
         )
-        start = max(wall_ms(), self._last_end.get(session_id, 0))
+        start = max(opened_ms, self._last_end.get(session_id, 0), stored_end)
         session = Session(
             session_id,
             stream,
@@ -107,6 +114,7 @@ class SessionRegistry:
             buffer_max_seconds=self.settings.buffer_max_seconds,
             grace_seconds=self.settings.session_grace_seconds,
             start_ms=start,
+            first_anchor_ms=opened_ms,
             tuning=self.tuning,
         )
         session.start()
@@ -114,6 +122,29 @@ class SessionRegistry:
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="reaper")
         return session
+
+    async def _stored_end(self, session_id: str, stream: str) -> int:
+        """Where the stream's stored audio ends (0: unknown or empty).
+
+        Another process (a previous task, or the one before a restart) may have written this
+        session with timecodes ahead of the wall clock (a rate-limit burst); our audio must start
+        after it or KVS refuses it (4004). On failure the wall clock is used, and the uploader's
+        re-timing of a first-attempt 4004 is the safety net.
+        """
+        lookback = max(
+            _LOOKBACK_MIN_SECONDS,
+            2 * self.settings.buffer_max_seconds
+            + self.settings.session_grace_seconds
+            + self.settings.drain_timeout_seconds,
+        )
+        try:
+            end = await self.kvs.stored_end_ms(stream, lookback_seconds=lookback)
+        except Exception as exc:  # best effort: permissions, throttling, an old emulator
+            log.warning("kvs_stored_end_unknown", session=session_id, error=str(exc))
+            return 0
+        if end is not None and end > wall_ms():
+            log.info("session_continues_ahead", session=session_id, ahead_ms=end - wall_ms())
+        return end or 0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:

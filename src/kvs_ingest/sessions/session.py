@@ -102,6 +102,7 @@ class Session:
         buffer_max_seconds: float,
         grace_seconds: float,
         start_ms: int | None = None,
+        first_anchor_ms: int | None = None,
         tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         self.id = session_id
@@ -126,7 +127,11 @@ class Session:
         self.state = State.ACTIVE
         self._ticker: asyncio.Task[None] | None = None
         self._log = log.bind(session=session_id, stream=stream_name)
+        # When the first speaker's audio began to arrive (the registry opened the session before
+        # the stream was ready): it is placed there, not at the wall clock once attached.
+        self._first_anchor_ms = first_anchor_ms
         uploader.on_resolved = self._on_resolved
+        uploader.on_retimed = self._on_retimed
 
     def start(self) -> None:
         self.uploader.start()
@@ -168,6 +173,9 @@ class Session:
         # While another speaker streams, the new one continues its audio (its lag behind the
         # wall clock is latency, not absence); a gap is left only for time nobody spoke.
         now = wall_ms() if not self._speakers else self._writer.end_ms
+        if self._first_anchor_ms is not None:
+            now = min(now, self._first_anchor_ms)
+            self._first_anchor_ms = None
         placement = self.timeline.attach(now, self._writer.end_ms)
         if placement.gap_ms > 0:
             self._append(self._writer.anchor(placement.anchor_ms))
@@ -189,8 +197,10 @@ class Session:
     async def _write(self, speaker: Speaker, pcm: bytes) -> None:
         if self.state is not State.ACTIVE:
             raise SessionClosed(f"session {self.id} is closing")
+        waited = False
         if self.uploader.ledger.buffered_samples >= self._capacity:
             await self._wait_room()
+            waited = True
         if not self._writer.is_open:
             step = self.timeline.boundary()
             if self.timeline.drift_ms is not None:
@@ -200,7 +210,12 @@ class Session:
                 sm.DRIFT_CORRECTED_MS.inc(step)
         pieces = self._writer.write(pcm)
         self._last_write = time.monotonic()
-        self.timeline.observe(wall_ms(), self._writer.end_ms)
+        if waited:
+            # The socket was not read while the ledger was full: the lag that built up is a
+            # backlog, not a slow clock. Measure drift afresh from the next steady window.
+            self.timeline.rebase()
+        else:
+            self.timeline.observe(wall_ms(), self._writer.end_ms)
         for piece in pieces:
             speaker.samples_written += piece.samples
             self.uploader.ledger.append(
@@ -244,6 +259,13 @@ class Session:
             speaker._persisted(total)
         if self.uploader.ledger.buffered_samples < self._capacity:
             self._room.set()
+
+    def _on_retimed(self, delta_ms: int) -> None:
+        """The uploader moved the unsent fragments later (a timeline conflict in KVS): the open
+        fragment moves with them, and drift is measured afresh."""
+        self._writer.shift(delta_ms)
+        self.timeline.rebase()
+        self._log.warning("session_retimed", moved_ms=delta_ms, end_ms=self._writer.end_ms)
 
     async def _tick(self) -> None:
         """Closes the open fragment when audio stops; lets the connection go when alone."""

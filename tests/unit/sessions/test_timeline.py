@@ -69,3 +69,57 @@ def test_corrections_are_never_negative_or_over_the_bound(lags: list[int]) -> No
     for i, lag in enumerate(lags):
         timeline.observe(10_000 + i * 1000 + lag, 10_000 + i * 1000)
         assert 0 <= timeline.boundary() <= 80
+
+
+def stalled(timeline: Timeline, *, stall_at: int, stall_ms: int, waited: bool) -> list[int]:
+    """A real-time speaker in 250 ms chunks whose socket stops being read for `stall_ms` before
+    write `stall_at` (the ledger was full); the backlog then arrives at 4x until caught up.
+    Returns the corrections at each 1 s fragment boundary."""
+    wall = sample_end = 0
+    behind = 0  # ms of audio the speaker sent that the server has not read yet
+    steps = []
+    for n in range(1, 121):
+        if n == stall_at:
+            wall += stall_ms
+            behind += stall_ms
+            if waited:
+                timeline.rebase()
+        if behind > 0:
+            wall += 62  # the backlog is read four times faster than real time
+            behind -= 188
+        else:
+            wall += 250
+        sample_end += 250
+        if not (waited and n == stall_at):
+            timeline.observe(wall, sample_end)
+        if n % 4 == 0:
+            step = timeline.boundary()
+            sample_end += step
+            steps.append(step)
+    return steps
+
+
+def test_a_write_that_waited_for_room_is_not_drift() -> None:
+    """A 30 s back-pressure stall, reported by the session as a wait, never becomes a forward
+    correction (which would leave a hole inside continuous audio)."""
+    timeline = Timeline(tolerance_ms=200, max_step_ms=100)
+    assert stalled(timeline, stall_at=21, stall_ms=30_000, waited=True) == [0] * 30
+    assert timeline.corrected_ms == 0 and timeline.rebases == 1
+
+
+def test_a_stall_between_writes_is_not_drift() -> None:
+    """A stall nobody reported (the lag jumps by seconds between two writes) starts the
+    measurement afresh instead of being corrected."""
+    timeline = Timeline(tolerance_ms=200, max_step_ms=100)
+    assert stalled(timeline, stall_at=21, stall_ms=5_000, waited=False) == [0] * 30
+    assert timeline.rebases == 1
+
+
+def test_slow_clock_after_a_stall_is_still_corrected() -> None:
+    """After a rebase, a clock 2 % slow is measured from the new baseline and corrected."""
+    timeline = Timeline(tolerance_ms=200, max_step_ms=100)
+    timeline.observe(5_000, 0)
+    timeline.rebase()
+    steps = simulate(0.98, 120, timeline)
+    assert any(steps) and all(0 <= s <= 100 for s in steps)
+    assert timeline.drift_ms is not None and timeline.drift_ms <= 300
