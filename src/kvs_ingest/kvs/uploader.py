@@ -369,6 +369,8 @@ class StreamUploader:
 
     def _ended(self, runner: asyncio.Task[None], cursor: SendCursor, verdict: list[_End]) -> _End:
         if verdict:
+            if not runner.cancelled():
+                runner.exception()  # the abort we caused: retrieved, not logged by asyncio
             self._log.info("putmedia_reconnect", reason=verdict[0].value)
             return verdict[0]
         if runner.cancelled():
