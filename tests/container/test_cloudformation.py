@@ -19,12 +19,12 @@ ALLOWED_WRITE = {
     "kinesisvideo:CreateStream",
     "kinesisvideo:DescribeStream",
     "kinesisvideo:GetDataEndpoint",
+    "kinesisvideo:ListFragments",  # where a continued session's stored audio ends
     "kinesisvideo:PutMedia",
     "kinesisvideo:TagStream",
 }
 ALLOWED_READ = {
     "kinesisvideo:GetMedia",
-    "kinesisvideo:ListFragments",
     "kinesisvideo:GetMediaForFragmentList",
 }
 SESSION_STREAMS = "arn:aws:kinesisvideo:eu-west-1:123456789012:stream/session-*"
@@ -102,7 +102,8 @@ def test_shape_check_refuses_a_misspelt_property() -> None:
 
 @pytest.mark.parametrize("read_back", ["false", "true"])
 def test_task_role_touches_only_session_streams(template: dict[str, Any], read_back: str) -> None:
-    """The task role may only write (and optionally read) kinesisvideo streams named session-*."""
+    """The task role may only write (and optionally read) kinesisvideo streams named session-*;
+    ListFragments is always allowed there (the sink learns where stored audio ends)."""
     resolver = Resolver(template, {**PARAMETERS, "AllowReadBack": read_back})
     role = resolver.properties("TaskRole")
     assert "ManagedPolicyArns" not in role
@@ -115,6 +116,7 @@ def test_task_role_touches_only_session_streams(template: dict[str, Any], read_b
             actions.update(statement["Action"])
     expected = ALLOWED_WRITE | (ALLOWED_READ if read_back == "true" else set())
     assert actions == expected
+    assert "kinesisvideo:ListFragments" in actions
     principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
     assert principal == {"Service": "ecs-tasks.amazonaws.com"}
 
