@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from kvs_ingest.logging import get_logger
 log = get_logger(__name__)
 
 DEFAULT_REGION = "us-east-1"
+_ARCHIVED_CLIENTS = 8  # archived-media clients (one per data endpoint) kept open
 # The emulator's default keys: used for the embedded/endpoint backends when the AWS chain has none.
 EMULATOR_ACCESS_KEY = "test"
 EMULATOR_SECRET_KEY = "test"
@@ -100,7 +102,8 @@ class KvsControl:
         self.endpoints = EndpointCache(self._get_data_endpoint, ttl=endpoint_cache_seconds)
         self.healthy = True  # the last control-plane call worked (for /readyz)
         self._keys_checked = False
-        self._archived: dict[str, Any] = {}  # LIST_FRAGMENTS endpoint -> archived-media client
+        # LIST_FRAGMENTS endpoint -> (context manager, archived-media client), least recent first
+        self._archived: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._archived_lock = asyncio.Lock()
 
     async def __aenter__(self) -> KvsControl:
@@ -110,6 +113,10 @@ class KvsControl:
         await self.close()
 
     async def close(self) -> None:
+        async with self._archived_lock:
+            while self._archived:
+                _, (manager, _client) = self._archived.popitem()
+                await manager.__aexit__(None, None, None)
         await self._stack.aclose()
         self._client = None
 
@@ -244,22 +251,28 @@ class KvsControl:
         self.endpoints.invalidate(stream_name, "PUT_MEDIA", url)
 
     async def _archived_client(self, url: str) -> Any:
+        """One client per data endpoint (AWS spreads streams over a few hosts), the most recently
+        used `_ARCHIVED_CLIENTS` kept open."""
         async with self._archived_lock:
-            client = self._archived.get(url)
-            if client is None:
-                await self._ensure_keys()
-                config = AioConfig(
-                    retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15
-                )
-                client = await self._stack.enter_async_context(
-                    self._session.create_client(
-                        "kinesis-video-archived-media",
-                        region_name=self.region,
-                        endpoint_url=url,
-                        config=config,
-                    )
-                )
-                self._archived[url] = client
+            entry = self._archived.get(url)
+            if entry is not None:
+                self._archived.move_to_end(url)
+                return entry[1]
+            await self._ensure_keys()
+            config = AioConfig(
+                retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15
+            )
+            manager = self._session.create_client(
+                "kinesis-video-archived-media",
+                region_name=self.region,
+                endpoint_url=url,
+                config=config,
+            )
+            client = await manager.__aenter__()
+            self._archived[url] = (manager, client)
+            while len(self._archived) > _ARCHIVED_CLIENTS:
+                _, (old, _client) = self._archived.popitem(last=False)
+                await old.__aexit__(None, None, None)
             return client
 
     async def stored_end_ms(self, stream_name: str, *, lookback_seconds: float) -> int | None:
