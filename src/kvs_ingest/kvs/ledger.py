@@ -76,6 +76,8 @@ class Fragment:
     owners: dict[object, int] = field(default_factory=dict)
     status: Status = Status.PENDING
     attempts: int = 0  # connections it was started on
+    started_conn: int = 0  # the last connection it was started on
+    unheard: int = 0  # of `attempts`, on connections KVS refused before reading (no response)
     sent_conn: int = 0  # last connection it was fully written on (0: none)
     sent_at: float | None = None
     refused: bool = False  # got a retryable ERROR: not covered by a later PERSISTED
@@ -84,6 +86,11 @@ class Fragment:
     @property
     def resolved(self) -> bool:
         return self.status in RESOLVED
+
+    @property
+    def offers(self) -> int:
+        """Sends KVS may have read: starts on connections that got a response."""
+        return self.attempts - self.unheard
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +224,11 @@ class FragmentLedger:
             error_id = event.error_id
             frag.error_id = error_id
             if error_id == DUPLICATE_ERROR_ID:
-                if frag.attempts > 1:
+                if frag.offers > 1:
                     self._resolve(frag, Status.DUPLICATE)
                     return AckOutcome(AckAction.NONE, frag, (frag,))
-                # Never sent before, so it cannot be a duplicate: it overlaps what KVS holds.
+                # Never offered to KVS before (sends on connections refused before a response
+                # do not count), so it cannot be a duplicate: it overlaps what KVS holds.
                 # Not stored; a later PERSISTED must not cover it.
                 frag.status = Status.PENDING
                 frag.refused = True
@@ -252,11 +260,22 @@ class FragmentLedger:
             if not frag.resolved:
                 frag.status = Status.PENDING
                 frag.attempts = 0
+                frag.unheard = 0
+                frag.started_conn = 0
                 frag.sent_conn = 0
                 frag.sent_at = None
                 frag.refused = False
                 frag.error_id = None
         return moved
+
+    def connection_unheard(self, conn: int) -> None:
+        """Connection `conn` ended without a response (refused, or failed before KVS answered):
+        what it started was never read by KVS, so it does not make a later 4004 a duplicate.
+        Call it once the connection is over, before the next one starts."""
+        for frag in self._items:
+            if frag.started_conn == conn:
+                frag.unheard += 1
+                frag.started_conn = 0
 
     def _resolve(self, frag: Fragment, status: Status) -> None:
         frag.status = status
@@ -342,6 +361,7 @@ class SendCursor:
             if self._offset < len(frag.data):
                 if self._offset == 0:
                     frag.attempts += 1
+                    frag.started_conn = self.conn
                     frag.refused = False
                 chunk = bytes(frag.data[self._offset : self._offset + limit])
                 self._offset += len(chunk)

@@ -215,7 +215,8 @@ class StreamUploader:
             if end in (_End.CLEAN, _End.SERVER_CLOSED):
                 failures = 0
                 continue
-            if end is _End.RETIME:
+            if self._conflict is not None:
+                # A first send refused as out of order, whatever else ended the connection.
                 await self._retime()
                 continue
             if end not in (_End.RECONNECT, _End.THROTTLED) and endpoint is not None:
@@ -319,18 +320,24 @@ class StreamUploader:
         try:
             return await self._watch(runner, conn, cursor, conn_id, progress, verdict)
         finally:
-            if not runner.done():
-                conn.abort()
-                self._wake.set()
-                try:
-                    await asyncio.wait_for(asyncio.shield(runner), 5.0)
-                except asyncio.CancelledError:
-                    runner.cancel()
-                    await asyncio.gather(runner, return_exceptions=True)
-                    raise
-                except Exception:
-                    runner.cancel()
-                    await asyncio.gather(runner, return_exceptions=True)
+            try:
+                if not runner.done():
+                    conn.abort()
+                    self._wake.set()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(runner), 5.0)
+                    except asyncio.CancelledError:
+                        runner.cancel()
+                        await asyncio.gather(runner, return_exceptions=True)
+                        raise
+                    except Exception:
+                        runner.cancel()
+                        await asyncio.gather(runner, return_exceptions=True)
+            finally:
+                if not conn.responded:
+                    # Refused (another task still holds the stream, say) or failed before KVS
+                    # answered: these sends were never read, so a later 4004 is no duplicate.
+                    self.ledger.connection_unheard(conn_id)
 
     async def _watch(
         self,

@@ -135,3 +135,19 @@ def test_retimed_fragment_reads_in_mkvinfo(tmp_path: Path) -> None:
         ["mkvinfo", "--all", str(path)], capture_output=True, text=True, timeout=60
     ).stdout
     assert "Cluster timestamp: 00:01:01.000000000" in out, out[-2000:]
+
+
+def test_sends_on_refused_connections_do_not_make_a_duplicate() -> None:
+    """A fragment started only on connections KVS refused before answering (another task held
+    the stream) and then refused with 4004 on the first accepted one is a conflict, not stored."""
+    _, ledger = filled(1, close=True)
+    for conn in (1, 2, 3):  # ConnectionLimitExceeded three times, body bytes already out
+        cursor = SendCursor(ledger, conn, HEADER, ledger.rollback(Rollback.AFTER_RECEIVED))
+        while cursor.next_bytes(0.0) is not None:  # no ack ever comes back
+            pass
+        ledger.connection_unheard(conn)
+    frag = ledger.get(1)
+    assert frag is not None and frag.attempts == 3 and frag.offers == 0
+    drain(SendCursor(ledger, 4, HEADER, ledger.rollback(Rollback.AFTER_PERSISTED)), ledger)
+    out = ledger.on_ack(ack(AckEventType.ERROR, frag.timecode, 4004), 4)
+    assert out.action is AckAction.RETIME and frag.status is Status.PENDING
