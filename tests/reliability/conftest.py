@@ -456,14 +456,16 @@ async def stack(
     )
     emu = EmulatorProc(tmp / "kvs", emu_env)
     await emu.start()
-    svc = ServiceProc(service_env(emu.url, **settings))
+    stk = Stack(emu, ServiceProc(service_env(emu.url, **settings)))
     try:
-        await svc.start()
-        yield Stack(emu, svc)
+        await stk.service.start()
+        yield stk
     finally:
-        if svc.proc is not None and svc.proc.returncode is None:
-            svc.proc.kill()
-            await svc.proc.wait()
+        # a scenario may have replaced the service (restart): end whichever is current
+        proc = stk.service.proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         await emu.stop()
 
 
