@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvs_ingest.kvs.acks import AckEvent, AckEventType
 from kvs_ingest.kvs.fragments import FragmentWriter, connection_header, retime
@@ -151,3 +153,32 @@ def test_sends_on_refused_connections_do_not_make_a_duplicate() -> None:
     drain(SendCursor(ledger, 4, HEADER, ledger.rollback(Rollback.AFTER_PERSISTED)), ledger)
     out = ledger.on_ack(ack(AckEventType.ERROR, frag.timecode, 4004), 4)
     assert out.action is AckAction.RETIME and frag.status is Status.PENDING
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=0, max_size=6))
+def test_4004_is_a_duplicate_only_after_an_answered_send(answered: list[bool]) -> None:
+    """Whatever connections came before (answered by KVS or refused), a 4004 on the next one
+    resolves the fragment as DUPLICATE exactly when an earlier answered connection started it;
+    otherwise it is a conflict and nothing is counted as stored."""
+    _, ledger = filled(1, close=True)
+    conn = 0
+    for ok in answered:
+        conn += 1
+        cursor = SendCursor(ledger, conn, HEADER, ledger.rollback(Rollback.AFTER_PERSISTED))
+        while cursor.next_bytes(0.0) is not None:
+            pass
+        if not ok:
+            ledger.connection_unheard(conn)
+    conn += 1
+    cursor = SendCursor(ledger, conn, HEADER, ledger.rollback(Rollback.AFTER_PERSISTED))
+    while cursor.next_bytes(0.0) is not None:
+        pass
+    frag = ledger.get(1)
+    assert frag is not None
+    out = ledger.on_ack(ack(AckEventType.ERROR, frag.timecode, 4004), conn)
+    if any(answered):
+        assert out.action is AckAction.NONE and frag.status is Status.DUPLICATE
+    else:
+        assert out.action is AckAction.RETIME and not frag.resolved
+        assert ledger.buffered_samples == 16000
