@@ -75,34 +75,47 @@ async def test_soak_speakers_with_reconnects_and_kvs_faults(tmp_path: Path) -> N
                 await asyncio.sleep(25 if fault["kind"] == "withhold_acks" else 12)
                 await stk.emulator.clear_faults()
 
+        failure = ""
         async with sampling(stk.service, interval=5.0) as series:
             chaos_task = asyncio.create_task(chaos())
-            await asyncio.gather(*(speaker(i) for i in range(SOAK_SPEAKERS)))
+            try:
+                await asyncio.gather(*(speaker(i) for i in range(SOAK_SPEAKERS)))
+            except AssertionError as exc:
+                failure = str(exc)[:300]
             chaos_task.cancel()
             await stk.emulator.clear_faults()
-        decoded: dict[tuple[int, int], np.ndarray] = {}
-        for k, n in {key for keys in sockets.values() for key in keys}:
-            decoded[k, n] = pool[k].decode_prefix(n)
-        audits = [
-            await audit(stk.emulator.url, f"session-soak-{i}", [decoded[key] for key in sockets[i]])
-            for i in range(SOAK_SPEAKERS)
-        ]
+            metrics = await stk.service.metrics()
+        audits = []
+        if not failure:
+            decoded: dict[tuple[int, int], np.ndarray] = {}
+            for k, n in {key for keys in sockets.values() for key in keys}:
+                decoded[k, n] = pool[k].decode_prefix(n)
+            audits = [
+                await audit(
+                    stk.emulator.url, f"session-soak-{i}", [decoded[key] for key in sockets[i]]
+                )
+                for i in range(SOAK_SPEAKERS)
+            ]
     rss = series["rss"]
     third = max(1, len(rss) // 3)
     warm, late = max(rss[third : 2 * third] or rss), max(rss[-third:])
     record(
         "soak",
         f"{SOAK_SPEAKERS} speakers, {SOAK_SECONDS:.0f} s, reconnects + KVS faults",
-        samples_lost=sum(a.lost for a in audits),
-        samples_duplicated=sum(a.duplicated for a in audits),
+        samples_lost=sum(a.lost for a in audits) if audits else None,
+        samples_duplicated=sum(a.duplicated for a in audits) if audits else None,
         max_buffered_s=max(series["buffered"], default=None),
-        unclean_sessions=sum(not a.clean for a in audits),
+        unclean_sessions=sum(not a.clean for a in audits) if audits else None,
         sockets=sum(closes.values()),
         faults=len(faults_injected),
         fault_kinds=sorted(set(faults_injected)),
         rss_mb_after_warmup=round(warm / 2**20, 1),
         rss_mb_end=round(late / 2**20, 1),
         max_loop_lag_ms=round(max(series["lag"], default=0) * 1000, 1),
+        ack_4004=metrics.get('kvs_ingest_fragments_errored_total{error_id="4004"}', 0),
+        drift_corrected_ms=metrics.get("kvs_ingest_timeline_drift_corrected_ms_total", 0),
+        failure=failure or None,
     )
+    assert not failure, failure
     assert all(a.clean for a in audits), [a for a in audits if not a.clean][:2]
     assert late <= 1.15 * warm, (warm, late)
