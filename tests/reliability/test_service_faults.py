@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from .conftest import ServiceProc, audit, record, recording, sampling, speak, stack, t, token
 
@@ -155,13 +154,6 @@ async def test_event_loop_never_blocked_over_50ms_under_load(tmp_path: Path) -> 
     assert all(a.clean for a in audits), [a for a in audits if not a.clean][:1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sessions/kvs: a new process anchors a session at the wall clock, not after the "
-    "stream's last stored timecode; after a speaker's rate-limit burst its fragments overlap, "
-    "KVS answers 4004, the ledger takes 4004 as 'already stored', the speaker gets 1000 and "
-    "the whole second recording (96000 samples, 6 s) is silently missing from the stream",
-)
 async def test_new_process_continues_a_session_that_ran_ahead(tmp_path: Path) -> None:
     """A speaker uses its rate-limit burst (12 s of audio in 3 s, default limits), the process
     is replaced (SIGTERM, new process) and the speaker comes back: the new process must place
