@@ -93,7 +93,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Write the test's verdict into the results it recorded (the table's "verdict" column)."""
     report = yield
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+    # a skip (soak without --run-soak) keeps the verdict of the run that measured the figures
+    if report.when == "call" or (report.when == "setup" and report.outcome == "failed"):
         verdict = "xfail" if hasattr(report, "wasxfail") else report.outcome
         for path in RESULTS_DIR.glob("*.json"):
             with contextlib.suppress(ValueError, OSError):
