@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tests.jsonlog import follow_json_log
 
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
 CMD = [sys.executable, "-m", "kvs_ingest"]
@@ -105,24 +106,13 @@ async def start_service(
         *CMD, "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     service = Service(proc, data_dir, emulator_url=kvs_endpoint or "", tls=tls is not None)
-    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    async def read() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"event": "raw", "text": raw.decode(errors="replace").rstrip()}
-            service.lines.append(line)
-            if line.get("event") == "embedded_emulator_started":
-                service.emulator_url = str(line["url"])
-            if line.get("event") == "listening" and not listening.done():
-                listening.set_result(int(line["port"]))
-        if not listening.done():
-            listening.set_exception(RuntimeError(f"serve exited: {service.lines[-20:]}"))
+    def on_line(line: dict[str, Any]) -> None:
+        if line.get("event") == "embedded_emulator_started":
+            service.emulator_url = str(line["url"])
 
-    service.reader = asyncio.create_task(read())
+    assert proc.stderr is not None
+    service.reader, listening = follow_json_log(proc.stderr, service.lines, on_line)
     try:
         service.port = await asyncio.wait_for(listening, t(60))
         await wait_healthy(service.port, tls=service.tls)

@@ -41,6 +41,7 @@ from kvs_ingest.media import MediaError, StreamDecoder
 from kvs_ingest.mkv.ids import ID
 from kvs_ingest.mkv.reader import EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.server.auth import mint_token
+from tests.jsonlog import follow_json_log
 
 from .report import RESULTS_DIR, write_table
 
@@ -367,25 +368,8 @@ class ServiceProc:
             sys.executable, "-c", _SERVE_MAIN, env=self.env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        proc = self.proc
-
-        async def read() -> None:
-            assert proc.stderr is not None
-            async for raw in proc.stderr:
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"event": "raw", "text": raw.decode(errors="replace").rstrip()}
-                if not isinstance(line, dict):
-                    line = {"event": "raw", "text": str(line)}
-                self.lines.append(line)
-                if line.get("event") == "listening" and not listening.done():
-                    listening.set_result(int(line["port"]))
-            if not listening.done():
-                listening.set_exception(RuntimeError(f"serve exited: {self.lines[-20:]}"))
-
-        self._reader = asyncio.create_task(read())
+        assert self.proc is not None and self.proc.stderr is not None
+        self._reader, listening = follow_json_log(self.proc.stderr, self.lines)
         self.port = await asyncio.wait_for(listening, t(60))
 
     @property

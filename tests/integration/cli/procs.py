@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.jsonlog import follow_json_log
 
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
 # The command under test; KVS_INGEST_TEST_CMD may point elsewhere (e.g. an installed script).
@@ -61,21 +62,7 @@ async def start_serve(env: dict[str, str]) -> Serve:
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     serve = Serve(proc)
-    listening = asyncio.get_running_loop().create_future()
-
-    async def read() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"event": "raw", "text": raw.decode(errors="replace").rstrip()}
-            serve.lines.append(line)
-            if line.get("event") == "listening" and not listening.done():
-                listening.set_result(int(line["port"]))
-        if not listening.done():
-            listening.set_exception(RuntimeError(f"serve exited: {serve.lines[-20:]}"))
-
-    serve._reader = asyncio.create_task(read())
+    assert proc.stderr is not None
+    serve._reader, listening = follow_json_log(proc.stderr, serve.lines)
     serve.port = await asyncio.wait_for(listening, t(60))
     return serve
