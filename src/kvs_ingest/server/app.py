@@ -43,6 +43,7 @@ from kvs_ingest.server.errors import (
     TooFast,
     close_for,
 )
+from kvs_ingest.server.handshake import AnsweringConnection
 from kvs_ingest.server.protocol import (
     SAMPLE_RATE,
     SUBPROTOCOL,
@@ -167,6 +168,7 @@ class IngestServer:
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
+            create_connection=AnsweringConnection,  # 400 for requests with a body
             select_subprotocol=_select_subprotocol,
             compression=None,  # binary audio does not compress; deflate costs CPU and memory
             # The library's hard cap sits above ours so that an oversized message still gets
