@@ -41,6 +41,7 @@ from kvs_ingest.server.errors import (
     StorageUnavailable,
     TimedOut,
     TooFast,
+    UnsupportedMedia,
     close_for,
 )
 from kvs_ingest.server.handshake import AnsweringConnection
@@ -64,6 +65,15 @@ log = get_logger(__name__)
 # The drain keeps reading a notified speaker until it is quiet this long, at most the max.
 DRAIN_QUIET_SECONDS = 0.5
 DRAIN_READ_MAX_SECONDS = 3.0
+
+# What a `stop` whose stream ended inside an element is told (see `_finish`).
+CUT_SHORT_NOTHING = (
+    "undecodable media: the stream ended inside an incomplete element and nothing of it "
+    "could be decoded; nothing was stored"
+)
+CUT_SHORT_NORMAL = (  # a close reason: at most 123 bytes (RFC 6455 §5.5)
+    "stopped; everything is persisted but an incomplete last frame (stream ended mid-element)"
+)
 
 # Close codes after which a socket's decoded-but-unflushed tail still goes to the session.
 _KEEP_TAIL = frozenset({CloseCode.SERVICE_RESTART, CloseCode.REPLACED, CloseCode.TIMEOUT})
@@ -421,7 +431,7 @@ class SpeakerConnection:
                 ready_message(self.session_id, session.stream_name, self.request.format)
             )
             self.log.info("speaker_ready", stream=session.stream_name)
-            await self._read_loop()
+            message = await self._read_loop()
         except ConnectionClosed as exc:
             code, hand_over_tail = None, True
             self.log.info("client_gone", code=exc.rcvd.code if exc.rcvd else None)
@@ -476,7 +486,8 @@ class SpeakerConnection:
         except Exception as exc:  # the tail is best effort; the socket is going anyway
             self.log.warning("tail_not_handed_over", error=type(exc).__name__)
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self) -> str:
+        """Read until `stop` is done; returns the 1000 close's reason (errors raise)."""
         start_deadline = self._loop.time() + self.settings.start_timeout_seconds
         got_media = False
         while True:
@@ -499,8 +510,7 @@ class SpeakerConnection:
                 metrics.MESSAGES_IN.labels("keepalive").inc()
             elif isinstance(event, Stop):
                 metrics.MESSAGES_IN.labels("stop").inc()
-                await self._finish()
-                return
+                return await self._finish()
 
     async def _next_message(self, wait: float, got_media: bool) -> bytes | str:
         """The next message, or the stop request's error, or 4408 after `wait` seconds.
@@ -558,15 +568,37 @@ class SpeakerConnection:
         if rate_check and not self.limiter.consume(seconds, self._loop.time()):
             raise TooFast("sending faster than real time", reason="rate")
 
-    async def _finish(self) -> None:
-        """`stop`: flush the decoder, wait until everything is PERSISTED, then close 1000."""
+    async def _finish(self) -> str:
+        """`stop`: flush the decoder, wait until everything is PERSISTED, then close 1000.
+
+        A stream cut short at `stop` (it ends inside an element, or before its audio was
+        described) loses nothing that was decoded, and is never a silent 1000:
+        - nothing of it could be decoded: 4415 at once, `error` `CUT_SHORT_NOTHING`; nothing
+          was stored, so 1000 ("everything persisted") would tell the client a lie;
+        - some audio was decoded: it and the codec's tail from the complete frames are
+          written and waited for like any `stop`, the final `ack` covers every message (an
+          ack speaks of completed frames: DESIGN.md §4.4), and the close is 1000 with the
+          reason `CUT_SHORT_NORMAL` (the incomplete last frame was not stored). No `error`:
+          there is nothing to fix or resend (a resend would duplicate), and Chromium's
+          MediaRecorder chunks end inside a block, so a client that sends `stop` without
+          flushing its recorder does exactly this.
+        Persisting still comes first: if it fails the socket closes 4503 as for any `stop`.
+        """
+        cut: MediaError | None = None
         try:
             tail = self.decoder.flush()
         except MediaError as exc:
-            # The stream ended inside an element (a chunk cut short): the frames it completed
-            # go to the session with the rest, the partial one is not a frame.
-            self.log.warning("stream_ended_mid_element", error=str(exc)[:200])
-            tail = exc.pcm
+            # The frames it completed go to the session with the rest; the partial one is not
+            # a frame (browsers' recordings always end on a whole element: tests/data/browser).
+            cut, tail = exc, exc.pcm
+            self.log.warning(
+                "stream_ended_mid_element",
+                error=str(exc)[:200],
+                samples=self.decoder.samples_out,
+                messages=self.protocol.next_seq,
+            )
+            if self.decoder.samples_out == 0:
+                raise UnsupportedMedia(CUT_SHORT_NOTHING, reason="cut_short") from None
         if self.protocol.next_seq > 0:
             await self._write(self.protocol.next_seq - 1, tail, rate_check=False)
         assert self.speaker is not None
@@ -587,6 +619,7 @@ class SpeakerConnection:
         final = self.protocol.finished()
         if final is not None:
             self._queue_ack(final.seq, final.to_json())
+        return CUT_SHORT_NORMAL if cut is not None else PUBLIC_MESSAGES[CloseCode.NORMAL]
 
     # --- acks -----------------------------------------------------------------------------
 
