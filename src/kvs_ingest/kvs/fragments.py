@@ -4,9 +4,15 @@ Layout (KVS-PROTOCOL.md, "MKV that KVS accepts"): per connection the EBML header
 unknown size, Info and Tracks (`connection_header`); per fragment a Tags element with the
 fragment metadata, then an unknown-size Cluster whose Timecode is absolute milliseconds, then
 SimpleBlocks of `block_ms` each (key frames, timecodes relative to the Cluster and strictly
-increasing). A fragment is cut after `fragment_ms` of samples, or early by `close()` (speaker
-gone, idle, a gap). Blocks are emitted as soon as they are full, so the bytes can be streamed
-while the fragment is still open.
+increasing). A fragment is cut at the end of the write that brings it to `fragment_ms` (at most
+`max_fragment_ms`), or early by `close()` (speaker gone, idle, a gap). Blocks are emitted as
+soon as they are full, so the bytes can be streamed while the fragment is still open.
+
+Cutting at the end of a write rather than at exactly `fragment_ms` keeps each speaker message's
+audio in one fragment, so the message is acked when that fragment is PERSISTED instead of
+waiting for the next one (up to a whole fragment more). Timecodes follow an absolute sample
+position: a block's timecode is its first sample's millisecond (rounded down), so fragments
+of any sample count join without a gap or a creeping offset.
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ class FragmentWriter:
 
     `anchor(ms)` places the next sample (never backwards); `write(pcm)` appends samples and
     returns the pieces they produced; `close()` ends the open fragment. Timecodes come from
-    sample counts only: the writer reads no clock.
+    sample counts only: the writer reads no clock. With the default `max_fragment_ms`
+    (= `fragment_ms`) every full fragment is exactly `fragment_ms` long.
     """
 
     def __init__(
@@ -104,17 +111,26 @@ class FragmentWriter:
         *,
         start_ms: int,
         fragment_ms: int = 1000,
+        max_fragment_ms: int | None = None,
         block_ms: int = DEFAULT_BLOCK_MS,
     ) -> None:
         if not 1 <= fragment_ms <= MAX_FRAGMENT_MS:
             raise ValueError(f"fragment_ms must be within 1..{MAX_FRAGMENT_MS}")
+        max_ms = fragment_ms if max_fragment_ms is None else max_fragment_ms
+        if not fragment_ms <= max_ms <= MAX_FRAGMENT_MS:
+            raise ValueError(f"max_fragment_ms must be within fragment_ms..{MAX_FRAGMENT_MS}")
         if not 1 <= block_ms <= fragment_ms:
             raise ValueError("block_ms must be within 1..fragment_ms")
         self._tags = mkv.tags([(TAG_MIME_TYPE, MIME_TYPE), (TAG_SESSION_ID, session_id)])
         self._fragment_samples = fragment_ms * SAMPLES_PER_MS
+        self._max_samples = max_ms * SAMPLES_PER_MS
         self._block_samples = block_ms * SAMPLES_PER_MS
-        self._next_ms = start_ms  # where the next fragment starts when none is open
+        # Absolute sample positions (ms * SAMPLES_PER_MS): of the next sample when no fragment
+        # is open, of the open fragment's first sample otherwise.
+        self._next_pos = start_ms * SAMPLES_PER_MS
+        self._open_pos = 0
         self._open_tc: int | None = None
+        self._last_block_tc = -1  # timecode of the last block written (next Cluster is after)
         self._samples = 0  # samples accepted into the open fragment
         self._blocked = 0  # of which already written as blocks
         self._pending = bytearray()  # accepted, not yet a block
@@ -127,9 +143,8 @@ class FragmentWriter:
     @property
     def end_ms(self) -> int:
         """The earliest timecode the next sample can have (ms, rounded up)."""
-        if self._open_tc is None:
-            return self._next_ms
-        return self._open_tc + -(-self._samples // SAMPLES_PER_MS)
+        end = self._next_pos if self._open_tc is None else self._open_pos + self._samples
+        return -(-end // SAMPLES_PER_MS)
 
     @property
     def open_timecode(self) -> int | None:
@@ -148,7 +163,7 @@ class FragmentWriter:
         if timecode_ms <= self.end_ms:
             return []
         pieces = self.close()
-        self._next_ms = timecode_ms
+        self._next_pos = timecode_ms * SAMPLES_PER_MS
         return pieces
 
     def shift(self, delta_ms: int) -> None:
@@ -158,7 +173,9 @@ class FragmentWriter:
             raise ValueError("timecodes never go backwards")
         if self._open_tc is not None:
             self._open_tc += delta_ms
-        self._next_ms += delta_ms
+            self._open_pos += delta_ms * SAMPLES_PER_MS
+            self._last_block_tc += delta_ms
+        self._next_pos += delta_ms * SAMPLES_PER_MS
 
     def write(self, pcm: bytes) -> list[FragmentPiece]:
         if self._odd:
@@ -173,26 +190,21 @@ class FragmentWriter:
             opened = self._open_tc is None
             head = b""
             if self._open_tc is None:
-                self._open_tc = self._next_ms
+                self._open()
+                assert self._open_tc is not None
                 head = self._tags + mkv.cluster_header(self._open_tc)
             tc = self._open_tc
-            room = (self._fragment_samples - self._samples) * BYTES_PER_SAMPLE
+            room = (self._max_samples - self._samples) * BYTES_PER_SAMPLE
             take, view = view[:room], view[room:]
             self._pending += take
-            self._samples += len(take) // BYTES_PER_SAMPLE
+            taken = len(take) // BYTES_PER_SAMPLE
+            self._samples += taken
             body = self._blocks(final=False)
             if self._samples >= self._fragment_samples:
-                pieces.append(self._finish(head + body, len(take) // 2, opened))
+                pieces.append(self._finish(head + body, taken, opened))
             else:
                 pieces.append(
-                    FragmentPiece(
-                        tc,
-                        head + body,
-                        len(take) // BYTES_PER_SAMPLE,
-                        opened,
-                        False,
-                        self._samples // SAMPLES_PER_MS,
-                    )
+                    FragmentPiece(tc, head + body, taken, opened, False, self.end_ms - tc)
                 )
         return pieces
 
@@ -202,14 +214,23 @@ class FragmentWriter:
             return []
         return [self._finish(self._blocks(final=True), 0, False)]
 
+    def _open(self) -> None:
+        # The Cluster starts at its first sample's millisecond, after the previous fragment's
+        # last block (a final block under 1 ms can share that millisecond: move on by < 1 ms).
+        tc = self._next_pos // SAMPLES_PER_MS
+        if tc <= self._last_block_tc:
+            tc = self._last_block_tc + 1
+            self._next_pos = tc * SAMPLES_PER_MS
+        self._open_tc = tc
+        self._open_pos = self._next_pos
+
     def _finish(self, data: bytes, samples: int, opened: bool) -> FragmentPiece:
         assert self._open_tc is not None
         if self._pending:
             data += self._blocks(final=True)
         tc = self._open_tc
-        end = self.end_ms
-        piece = FragmentPiece(tc, data, samples, opened, True, end - tc)
-        self._next_ms = end
+        piece = FragmentPiece(tc, data, samples, opened, True, self.end_ms - tc)
+        self._next_pos = self._open_pos + self._samples
         self._open_tc = None
         self._samples = self._blocked = 0
         return piece
@@ -221,7 +242,8 @@ class FragmentWriter:
         while len(self._pending) >= size or (final and self._pending):
             chunk = bytes(self._pending[:size])
             del self._pending[:size]
-            rel = self._blocked // SAMPLES_PER_MS
-            out.append(mkv.simple_block(TRACK, rel, chunk, keyframe=True))
+            block_tc = (self._open_pos + self._blocked) // SAMPLES_PER_MS
+            out.append(mkv.simple_block(TRACK, block_tc - self._open_tc, chunk, keyframe=True))
+            self._last_block_tc = block_tc
             self._blocked += len(chunk) // BYTES_PER_SAMPLE
         return b"".join(out)

@@ -30,6 +30,10 @@ class Tuning:
     buffer_wait_seconds: float = 10.0
     # SimpleBlock length.
     block_ms: int = 40
+    # A fragment closes at the end of the write that reaches FRAGMENT_MS, so one speaker
+    # message is never split across two fragments (its ack would wait for the second); a
+    # fragment still holds at most this many times FRAGMENT_MS (and KVS's 10 s).
+    fragment_stretch: int = 2
     # Timeline: drift of the sample clock behind the wall clock above this is corrected...
     drift_tolerance_ms: int = 200
     # ...by at most this much per fragment boundary, forward only.

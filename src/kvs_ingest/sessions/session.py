@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from kvs_ingest.kvs.fragments import FragmentPiece, FragmentWriter
 from kvs_ingest.kvs.ledger import Fragment
-from kvs_ingest.kvs.limits import SAMPLE_RATE
+from kvs_ingest.kvs.limits import MAX_FRAGMENT_MS, SAMPLE_RATE
 from kvs_ingest.kvs.tuning import DEFAULT_TUNING, Tuning
 from kvs_ingest.kvs.uploader import StreamUploader
 from kvs_ingest.logging import get_logger
@@ -113,6 +113,7 @@ class Session:
             session_id,
             start_ms=start_ms if start_ms is not None else wall_ms(),
             fragment_ms=fragment_ms,
+            max_fragment_ms=min(fragment_ms * tuning.fragment_stretch, MAX_FRAGMENT_MS),
             block_ms=tuning.block_ms,
         )
         self.timeline = Timeline(

@@ -43,7 +43,9 @@ async def test_idle_speaker_gets_its_last_fragment_persisted(start_sink: StartSi
     """Audio that stops mid-fragment is closed within the idle bound and PERSISTED, no finish()."""
     async with start_sink() as sink:
         _, speaker = await sink.speaker("idle")
-        await speaker.write(pcm_ramp(1.5))
+        pcm = pcm_ramp(1.5)
+        await speaker.write(pcm[:32000])  # one whole fragment
+        await speaker.write(pcm[32000:])  # half of the next, then silence
 
         async def all_persisted() -> bool:
             return speaker.samples_persisted == 24000

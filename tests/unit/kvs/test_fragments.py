@@ -158,3 +158,89 @@ def test_writer_refuses_fragments_over_the_kvs_limit() -> None:
     """A fragment longer than 10 s (KVS error 4002) cannot be configured."""
     with pytest.raises(ValueError):
         FragmentWriter("s", start_ms=0, fragment_ms=10_001)
+
+
+def stretched(pcm: bytes, message_samples: list[int], **kw: int) -> tuple[FragmentWriter, list]:
+    """Write `pcm` as messages of the given sample counts into a writer that cuts at the end
+    of the write reaching 1000 ms (at most 2000 ms); returns the writer and all pieces."""
+    writer = FragmentWriter("s", start_ms=START, fragment_ms=1000, max_fragment_ms=2000, **kw)
+    pieces, pos = [], 0
+    for n in message_samples:
+        pieces += writer.write(pcm[pos : pos + 2 * n])
+        pos += 2 * n
+    return writer, pieces + writer.close()
+
+
+def test_stretched_fragments_end_with_the_message_that_reaches_fragment_ms() -> None:
+    """Browser-like messages (a first one short by Opus pre-skip, then 240 ms each): every
+    message's samples land in one fragment, fragments are 1000-1240 ms."""
+    sizes = [3840 - 104] + [3840] * 21
+    writer = FragmentWriter("s", start_ms=START, fragment_ms=1000, max_fragment_ms=2000)
+    pcm, pos, pieces = tone(6.0), 0, []
+    for n in sizes:
+        out = writer.write(pcm[pos : pos + 2 * n])
+        pos += 2 * n
+        assert len(out) == 1 and out[0].samples == n  # the message is not split
+        pieces += out
+    pieces += writer.close()
+    closed = [p for p in pieces if p.closed]
+    # ms spans (first sample rounded down, end rounded up) of 233.5 + 4 x 240 ms, then 5 x 240
+    assert [p.duration_ms for p in closed] == [1194, 1201, 1201, 1201, 481]
+    assert [p.timecode - START for p in closed] == [0, 1193, 2393, 3593, 4793]
+    assert sum(p.samples for p in pieces) == sum(sizes)
+
+
+def test_stretched_fragments_keep_sample_exact_timecodes() -> None:
+    """Fragments whose sample count is not a whole millisecond: each Cluster starts at its first
+    sample's millisecond (rounded down), so no gap and no creeping offset builds up over an
+    hour-long stream's worth of fragments."""
+    sizes = [3840 - 104] + [3840] * 499  # 120 s, every fragment ends half a millisecond in
+    pcm = tone(120.0)
+    writer, pieces = stretched(pcm, sizes)
+    parsed = parse(b"".join([connection_header(UID)] + [p.data for p in pieces]))
+    position = 0  # samples before each Cluster
+    last_block_ms = -1
+    for tc, blocks in parsed["clusters"]:
+        assert tc == START + position // 16  # the first sample's millisecond
+        assert tc > last_block_ms
+        for rel, _, payload in blocks:
+            assert tc + rel == START + position // 16
+            last_block_ms = tc + rel
+            position += len(payload) // 2
+    assert position == sum(sizes)
+    assert writer.end_ms == START + -(-sum(sizes) // 16)
+
+
+def test_stretched_fragment_holds_at_most_max_fragment_ms() -> None:
+    """One 5 s write is cut at 2000 ms twice; the rest stays open."""
+    _, pieces = stretched(tone(5.0), [80000])
+    assert [(p.closed, p.duration_ms) for p in pieces] == [(True, 2000), (True, 2000), (True, 1000)]
+    assert [p.timecode for p in pieces] == [START, START + 2000, START + 4000]
+
+
+def test_a_final_block_under_a_millisecond_moves_the_next_fragment_on() -> None:
+    """A fragment closed 8 samples into a millisecond whose last block is those 8 samples:
+    the next Cluster starts 1 ms later, never at its last block's timecode."""
+    writer = FragmentWriter("s", start_ms=0, fragment_ms=1000, block_ms=40)
+    pieces = writer.write(tone(0.05)[: 2 * 648]) + writer.close()  # one block + 8 samples
+    pieces += writer.write(tone(0.1))
+    parsed = parse(b"".join([connection_header(UID)] + [p.data for p in pieces]))
+    (_, blocks0), (tc1, _) = parsed["clusters"]
+    assert [rel for rel, _, _ in blocks0] == [0, 40]
+    assert tc1 == 41
+
+
+@needs_ffmpeg
+def test_ffmpeg_decodes_stretched_fragments_exactly(tmp_path: Path) -> None:
+    """ffmpeg returns the very samples of a body of stretched, half-millisecond fragments."""
+    sizes = [3840 - 104] + [3840] * 40
+    pcm = tone(10.0)
+    _, pieces = stretched(pcm, sizes)
+    path = tmp_path / "body.mkv"
+    path.write_bytes(b"".join([connection_header(UID)] + [p.data for p in pieces]))
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert raw == pcm[: 2 * sum(sizes)]
