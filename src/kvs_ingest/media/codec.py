@@ -7,6 +7,7 @@ samples. Nothing here reads input or waits: FFmpeg only ever sees whole packets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from errno import EAGAIN
 
 import av
@@ -53,12 +54,19 @@ class AudioDecoder:
 
     def decode(self, packet: bytes, discard: int = 0) -> bytes:
         """Decode one packet; drop `discard` samples (codec rate) from the end of its output."""
-        try:
-            frames = self._ctx.decode(av.Packet(packet))
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise MediaError(f"undecodable {self.setup.codec} packet: {exc}") from None
-        if discard and frames:
-            frames = _trim_end(frames, discard)
+        return self.decode_many([(packet, discard)])
+
+    def decode_many(self, packets: Sequence[tuple[bytes, int]]) -> bytes:
+        """`decode` for several packets (data, discard) at once: the resampler is pulled once
+        for all of them (one message's packets), which costs less than once per packet and
+        gives the same samples."""
+        frames: list[av.AudioFrame] = []
+        for packet, discard in packets:
+            try:
+                decoded = self._ctx.decode(av.Packet(packet))
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise MediaError(f"undecodable {self.setup.codec} packet: {exc}") from None
+            frames += _trim_end(decoded, discard) if discard and decoded else decoded
         return self._resample(frames)
 
     def flush(self) -> bytes:
@@ -81,11 +89,13 @@ class AudioDecoder:
                 if self._frame_key is not None:
                     # The codec changed its output (e.g. AAC SBR switched on): the resampler
                     # cannot follow, so drain it and start a new one.
+                    parts.extend(_s16(f) for f in self._resampler.pull())
                     parts.append(self._drain_resampler())
                     self._resampler = self._new_resampler()
                 self._frame_key = key
             frame.pts = None  # we count samples ourselves; do not let swr fill pts gaps
-            parts.extend(_s16(f) for f in self._resampler.resample(frame))
+            self._resampler.push(frame)
+        parts.extend(_s16(f) for f in self._resampler.pull())
         return b"".join(parts)
 
 
@@ -120,13 +130,24 @@ class Resampler:
 
     def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
         """Push one frame (None: end of input, drain the filter) and return what is ready."""
+        self.push(frame)
+        return self.pull()
+
+    def push(self, frame: av.AudioFrame | None) -> None:
+        """Hand one frame (None: end of input) to the filter; `pull` takes the output."""
         if self._graph is None:
             if frame is None:
-                return []
+                return
             self._graph = self._configure(frame)
+        self._graph.push(frame)
+
+    def pull(self) -> list[av.AudioFrame]:
+        """Every frame the filter has ready (asking until it says EAGAIN costs an exception,
+        so it is asked once per batch of pushes)."""
         graph = self._graph
-        graph.push(frame)
         out: list[av.AudioFrame] = []
+        if graph is None:
+            return out
         while True:
             try:
                 pulled = graph.pull()

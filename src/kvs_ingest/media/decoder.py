@@ -155,16 +155,22 @@ class StreamDecoder:
 
     def _run(self, events: list[DemuxEvent]) -> list[Pcm]:
         parts: list[bytes] = []
+        packets: list[tuple[bytes, int]] = []  # consecutive packets, decoded as one batch
         for event in events:
             if type(event) is AudioPacket:
                 if self._codec is None:
                     raise MediaError("audio before its codec was described")
-                parts.append(self._codec.decode(event.data, event.discard))
+                packets.append((event.data, event.discard))
             elif type(event) is CodecSetup:
                 if self._codec is not None:
+                    parts.append(self._codec.decode_many(packets))
+                    packets = []
                     parts.append(self._codec.flush())  # the old recorder's tail
                 self._codec = AudioDecoder(event)
                 self.segments += 1
+        if packets:
+            assert self._codec is not None
+            parts.append(self._codec.decode_many(packets))
         return self._emit(b"".join(parts))
 
     def _emit(self, data: bytes) -> list[Pcm]:
