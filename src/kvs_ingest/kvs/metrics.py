@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kvs_ingest.kvs.acks import AckEventType
+
 FRAGMENTS_SENT = Counter(
     "kvs_ingest_fragments_sent_total",
     "Fragments fully written to a PutMedia body (first sends and re-sends)",
     ["attempt"],
 )
 ACKS = Counter("kvs_ingest_putmedia_acks_total", "PutMedia ack events received", ["event"])
+# Children bound once: `labels()` per ack or fragment is a locked dict look-up on the hot path.
+ACKS_BY_TYPE = {t: ACKS.labels(t.value) for t in AckEventType}
+FRAGMENTS_FIRST_SENT = FRAGMENTS_SENT.labels("first")
+FRAGMENTS_RESENT = FRAGMENTS_SENT.labels("resend")
 FRAGMENTS_PERSISTED = Counter(
     "kvs_ingest_fragments_persisted_total", "Fragments acknowledged PERSISTED"
 )
@@ -55,8 +61,11 @@ ENDPOINT_CACHE = Counter(
 _buffered_samples = 0  # every ledger's unresolved samples: kept as an int so 0 is exactly 0.0
 
 
-def add_buffered_samples(delta: int, sample_rate: int = 16_000) -> None:
-    """Move the buffered-audio gauge by `delta` samples (one ledger's change)."""
+def add_buffered_samples(delta: int) -> None:
+    """Move the buffered-audio gauge by `delta` samples (one ledger's change); the gauge is
+    computed when scraped, so a write costs one integer addition."""
     global _buffered_samples
     _buffered_samples += delta
-    BUFFERED_SECONDS.set(_buffered_samples / sample_rate)
+
+
+BUFFERED_SECONDS.set_function(lambda: _buffered_samples / 16_000)

@@ -254,7 +254,7 @@ class StreamUploader:
         stopping = [False]
 
         def on_ack(event: AckEvent) -> None:
-            m.ACKS.labels(event.type.value).inc()
+            m.ACKS_BY_TYPE[event.type].inc()
             if event.type is AckEventType.IDLE:
                 return
             outcome = self.ledger.on_ack(event, conn_id)
@@ -289,10 +289,13 @@ class StreamUploader:
                     stopping[0] = True
                     self.state = State.DRAINING
                     cursor.stop_at_boundary()
-                chunk = cursor.next_bytes(time.monotonic())
+                now = time.monotonic()
+                chunk = cursor.next_bytes(now)
                 if cursor.written:
                     self._written(cursor.written)
                 if chunk is not None:
+                    if not self.ledger.awaiting_acks(conn_id):
+                        progress[0] = now  # nothing was owed: staleness counts from here
                     yield chunk
                     continue
                 if cursor.drained:
@@ -348,10 +351,20 @@ class StreamUploader:
         progress: list[float],
         verdict: list[_End],
     ) -> _End:
-        """Wait for the connection to end; cut it when stale. Returns why it ended."""
+        """Wait for the connection to end; cut it when stale. Returns why it ended.
+
+        It wakes when the connection ends or when it could first be stale (`ack_timeout` after
+        the last sign of progress), not on a fixed tick: thousands of sessions share the loop.
+        """
         counted = False
         while True:
-            await asyncio.wait({runner}, timeout=_TICK * 2)
+            if not counted:
+                timeout = _TICK * 2  # until KVS answers the request (milliseconds, usually)
+            elif self.ledger.awaiting_acks(conn_id):
+                timeout = max(_TICK * 2, progress[0] + self.tuning.ack_timeout - time.monotonic())
+            else:
+                timeout = self.tuning.ack_timeout  # a send resets progress (see body)
+            await asyncio.wait({runner}, timeout=timeout)
             if not counted and conn.responded:
                 counted = True
                 self.connections += 1
@@ -373,6 +386,7 @@ class StreamUploader:
                 self._log.warning("putmedia_stale", seconds=round(now - progress[0], 1))
                 verdict.append(_End.STALE)
                 conn.abort()
+                self._wake.set()  # the body sees `aborted` now, not at its next timeout
 
     def _ended(self, runner: asyncio.Task[None], cursor: SendCursor, verdict: list[_End]) -> _End:
         if verdict:
@@ -412,7 +426,7 @@ class StreamUploader:
 
     def _written(self, frags: list[Fragment]) -> None:
         for frag in frags:
-            m.FRAGMENTS_SENT.labels("first" if frag.attempts <= 1 else "resend").inc()
+            (m.FRAGMENTS_FIRST_SENT if frag.attempts <= 1 else m.FRAGMENTS_RESENT).inc()
         frags.clear()
 
     async def _retime(self) -> None:
