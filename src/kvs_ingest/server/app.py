@@ -91,6 +91,7 @@ class ServerLimits:
     finish_timeout: float = 60.0  # `stop` waits this long for PERSISTED, then 4503
     handover_timeout: float = 10.0  # a replaced/draining socket has this long to hand over
     ping_interval: float = 20.0  # keeps idle proxies (ALB: 60 s) from dropping the socket
+    # A ping unanswered this long *while the server waits for the peer* closes the socket 4408.
     ping_timeout: float = 20.0
     lag_probe_interval: float = 1.0
 
@@ -187,8 +188,10 @@ class IngestServer:
             # Messages queued per socket before the library stops reading TCP: with back-pressure
             # from a full ledger this bounds a socket's memory to max_queue x max_size.
             max_queue=8,
-            ping_interval=self.limits.ping_interval,
-            ping_timeout=self.limits.ping_timeout,
+            # Pings are SpeakerConnection._keepalive's: the library times a pong from its ping
+            # and so blamed a client for our own unread backlog (1011 "keepalive ping timeout").
+            ping_interval=None,
+            ping_timeout=None,
             ssl=ssl_ctx,
         )
         sock = next(iter(self._server.sockets))
@@ -408,6 +411,9 @@ class SpeakerConnection:
         self._persisted_reported = 0
         self._notice_deadline: float | None = None
         self.notice_sent = False
+        # When the read loop began waiting for the peer with nothing left to read (None while
+        # it handles a message, writes, opens the session or flushes): the pong clock.
+        self._waiting_since: float | None = None
 
     def request_stop(self, error: PeerError) -> None:
         """Ask the socket to hand its decoded audio to the session and close with `error`."""
@@ -420,6 +426,7 @@ class SpeakerConnection:
         message = PUBLIC_MESSAGES[CloseCode.NORMAL]
         hand_over_tail = False
         ack_task: asyncio.Task[None] | None = None
+        keepalive = asyncio.create_task(self._keepalive())
         try:
             session = await self.server.registry.open(self.session_id)
             await self.server.take_over(self)
@@ -455,6 +462,7 @@ class SpeakerConnection:
                 reason = getattr(exc, "reason", type(exc).__name__)
                 self.log.info("speaker_closing", code=int(code), reason=reason)
         finally:
+            keepalive.cancel()
             if ack_task is not None:
                 await self._stop_acks(ack_task)
         if hand_over_tail:
@@ -533,9 +541,13 @@ class SpeakerConnection:
         else:
             waiters = {self._stop}
         recv = asyncio.ensure_future(self.ws.recv())
-        done, _ = await asyncio.wait(
-            {recv, *waiters}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
-        )
+        self._waiting_since = self._loop.time()
+        try:
+            done, _ = await asyncio.wait(
+                {recv, *waiters}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self._waiting_since = None
         if recv in done:
             return recv.result()
         recv.cancel()  # websockets' recv() is cancellation-safe: no message is lost
@@ -548,6 +560,34 @@ class SpeakerConnection:
         if got_media:
             raise TimedOut("idle too long", reason="idle")
         raise TimedOut("no media within the start timeout", reason="start")
+
+    async def _keepalive(self) -> None:
+        """Ping every `ping_interval`; a pong overdue by `ping_timeout` of waiting closes 4408.
+
+        A pong travels behind every byte the client sent before it. While the server has not
+        read those (a flood of tiny messages worked through at its own pace, reads stopped by
+        a full ledger, a slow session open) no pong can arrive however alive the client is,
+        so the clock runs only while the read loop waits for the peer with nothing left to
+        read (`_waiting_since`, RFC 6455 §5.5.2-3 say nothing of timing). A peer silent that
+        long is gone or stuck: the socket ends like an idle one (`TimedOut`, its decoded tail
+        kept), not 1011, which says the server failed. Cancelled when the socket ends.
+        """
+        interval, timeout = self.limits.ping_interval, self.limits.ping_timeout
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                pong = asyncio.ensure_future(await self.ws.ping())  # a Future already
+                sent = self._loop.time()
+                while not pong.done():
+                    waiting = self._waiting_since
+                    left = timeout
+                    if waiting is not None:
+                        left = max(sent, waiting) + timeout - self._loop.time()
+                        if left <= 0:
+                            self.log.info("ping_unanswered", waited=round(timeout, 3))
+                            self.request_stop(TimedOut("no answer to ping", reason="ping"))
+                            return
+                    await asyncio.wait({pong}, timeout=left)
 
     async def _send_notice(self, error: PeerError) -> None:
         """The `error` message ahead of the close, while the socket is still read."""
