@@ -76,10 +76,14 @@ async def beside_good_speaker(
 
 
 async def closed_with(
-    url: str, tok: str | None, send: Callable[[Any], Awaitable[None]], within: float = 60
+    url: str,
+    tok: str | None,
+    send: Callable[[Any], Awaitable[None]],
+    within: float = 60,
+    reasons: list[str] | None = None,
 ) -> int:
     """Open a speaker socket, run `send` on it, return the close code the client saw (waiting
-    up to `within` s for the close after `send`)."""
+    up to `within` s for the close after `send`); its close reason is appended to `reasons`."""
     protocols = ["kvs-ingest.v1"] + ([f"bearer.{tok}"] if tok else [])
     async with connect(
         url,
@@ -88,6 +92,9 @@ async def closed_with(
         open_timeout=t(30),  # type: ignore[arg-type]
         max_size=None,
         close_timeout=t(10),
+        # No client keepalive: a flooding client's ping waits behind its own unread flood at the
+        # service, like the service's pong (the million test then ended 1006 on the client side).
+        ping_interval=None,
     ) as ws:
         with contextlib.suppress(ConnectionClosed):
             await send(ws)
@@ -95,6 +102,8 @@ async def closed_with(
             async with asyncio.timeout(t(within)):
                 async for _ in ws:
                     pass
+        if reasons is not None:
+            reasons.append(ws.close_reason or "")
         return int(ws.close_code or 0)
 
 
@@ -227,15 +236,20 @@ async def tiny_messages(tmp_path: Path, count: int, scenario: str) -> None:
             await ws.send(json.dumps({"type": "stop"}))
 
         # the service works through what is queued at ~10k messages/s before it closes 1000
+        reasons: list[str] = []
         code = await closed_with(
-            stk.service.ws_url("tiny"), token("tiny"), send, within=60 + count / 2000
+            stk.service.ws_url("tiny"),
+            token("tiny"),
+            send,
+            within=60 + count / 2000,
+            reasons=reasons,
         )
         took = time.monotonic() - started
         a = await audit(stk.emulator.url, STREAM.format("tiny"), [rec.ours])
         logged = [line for line in stk.service.lines if line.get("level") in ("warning", "error")][
             -5:
         ]
-    assert code == 1000, (code, logged)
+    assert code == 1000, (code, reasons, logged)
     assert a.clean, a
     record(
         scenario,
