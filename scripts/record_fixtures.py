@@ -37,21 +37,10 @@ from playwright.async_api import Page, async_playwright
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.browser.firefox import WEB_AUDIO_PREFS, Firefox, firefox_path  # noqa: E402
 
 OUT = REPO / "tests" / "data" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
 RATE = 48000
 SPEECH_TEXT = (
     "The quick brown fox jumps over the lazy dog. "
@@ -406,7 +395,11 @@ async def record_chromium(sink: ChunkSink, sources: dict[str, Source], out: Path
             source = sources[source_name]
             browser = await p.chromium.launch(
                 executable_path=CHROMIUM,
-                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={source.path}"],
+                args=[
+                    *CHROMIUM_ARGS,
+                    "--autoplay-policy=no-user-gesture-required",
+                    f"--use-file-for-fake-audio-capture={source.path}",
+                ],
             )
             try:
                 context = await browser.new_context()

@@ -19,26 +19,12 @@ import pytest_asyncio
 from playwright.async_api import Browser, Playwright, async_playwright
 
 from tests.browser import audio
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.browser.demo import ChromiumTab
 from tests.browser.stack import Service, start_service
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # Background tabs must keep recording at full speed while another tab is in front.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
 
 
 @pytest.fixture(scope="session")
