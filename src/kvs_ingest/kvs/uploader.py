@@ -44,6 +44,7 @@ from kvs_ingest.logging import get_logger
 log = get_logger(__name__)
 
 _TICK = 0.1
+_COALESCE_BYTES = 1 << 18  # at most this much is joined into one body write
 
 
 class State(StrEnum):
@@ -290,11 +291,20 @@ class StreamUploader:
                     self.state = State.DRAINING
                     cursor.stop_at_boundary()
                 now = time.monotonic()
+                owed = self.ledger.awaiting_acks(conn_id)
                 chunk = cursor.next_bytes(now)
+                if chunk is not None:
+                    # Everything sendable now goes in one HTTP chunk (one syscall): typically a
+                    # fragment's last blocks and the END_OF_FRAGMENT tag that completes it.
+                    while len(chunk) < _COALESCE_BYTES:
+                        more = cursor.next_bytes(now)
+                        if more is None:
+                            break
+                        chunk += more
                 if cursor.written:
                     self._written(cursor.written)
                 if chunk is not None:
-                    if not self.ledger.awaiting_acks(conn_id):
+                    if not owed:
                         progress[0] = now  # nothing was owed: staleness counts from here
                     yield chunk
                     continue
