@@ -100,6 +100,30 @@ async def test_withheld_acks_make_the_connection_stale(start_sink: StartSink) ->
     assert_exact(back, pcm)
 
 
+async def test_a_quiet_speaker_is_not_mistaken_for_a_stale_connection(
+    start_sink: StartSink,
+) -> None:
+    """A speaker silent for longer than the ack timeout, whose next fragment's acks are slow,
+    keeps its PutMedia connection: staleness counts from the write, not from the last ack."""
+    pcm = pcm_ramp(2, seed=8)
+    async with start_sink() as sink:
+        _, speaker = await sink.speaker("quiet")
+        await speaker.write(pcm[:32000])  # one whole fragment
+
+        async def first_persisted() -> bool:
+            return speaker.samples_persisted == 16000
+
+        await eventually(first_persisted, 10)
+        await asyncio.sleep(FAST.ack_timeout + 0.5)  # the speaker is muted
+        await sink.fault({"kind": "delay_acks", "seconds": 0.6})
+        await speaker.write(pcm[32000:])
+        assert await speaker.finish(t(10))
+        stats = await sink.stats()
+        back = await sink.read_back("session-quiet")
+    assert_exact(back, pcm)
+    assert stats["putmedia_connections"]["session-quiet"] == 1, stats
+
+
 async def test_slow_active_stream_is_waited_for(start_sink: StartSink) -> None:
     """A stream that stays CREATING for 1.5 s is waited for; the audio arrives whole."""
     pcm = pcm_ramp(3, seed=4)
