@@ -9,7 +9,9 @@ each socket its own session, for D seconds, then `stop`. It measures the service
   the ffmpeg children it waited for), over the steady window (all speakers sending);
 - real-time speakers per core (1 / that figure);
 - RSS per speaker (steady-window RSS minus the idle process, over N);
-- event-loop lag p99/max (the service's `kvs_ingest_event_loop_lag_seconds`, scraped each second);
+- event-loop lag: p99 over every probe in the window (the service's
+  `kvs_ingest_event_loop_lag_probe_seconds` histogram, probed 10 times a second; reported as
+  the upper bound of the bucket that holds it) and max of the gauge scraped each second;
 - chunk sent → `ack` latency p50/p99/max from the speakers' view;
 - audio sent (what our decoder makes of the chunks) vs persisted (the speakers' last acks);
 - errors (closes other than 1000, `error` messages, refused sockets).
@@ -101,6 +103,7 @@ class Step:
     rss_per_speaker_kib: float = math.nan
     lag_p99_ms: float = math.nan
     lag_max_ms: float = math.nan
+    lag_probes: int = 0
     latency_p50: float = math.nan
     latency_p99: float = math.nan
     latency_max: float = math.nan
@@ -181,6 +184,26 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
 def metric(text: str, name: str) -> float | None:
     m = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def lag_buckets(text: str) -> dict[float, float]:
+    """Cumulative counts of the service's loop-lag probe histogram, by upper bound (s)."""
+    pattern = r'^kvs_ingest_event_loop_lag_probe_seconds_bucket\{le="([^"]+)"\} ([0-9.eE+-]+)$'
+    return {float(le): float(n) for le, n in re.findall(pattern, text, re.M)}
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound (ms) of the histogram bucket holding quantile `q` of the probes taken
+    between two scrapes; inf when it lies beyond the last finite bound, nan without probes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return math.nan
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * total:
+            return bound * 1000
+    return math.inf
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -324,6 +347,7 @@ def run_step(design: str, n: int, seconds: float, rec_file: Path, rec: Recording
         emulator_ps = psutil.Process(procs.emulator.pid)
         emu: list[tuple[float, float]] = []
         waits: list[tuple[float, float]] = []
+        lag_hist: list[dict[float, float]] = []  # probe histogram at each scrape in the window
         spy: subprocess.Popen[Any] | None = None
         while any(p.poll() is None for p in loaders):
             now = time.time()
@@ -331,6 +355,8 @@ def run_step(design: str, n: int, seconds: float, rec_file: Path, rec: Recording
                 spy = start_profiler(procs.service.pid, window[1] - now, profile)
             text = procs.metrics_text()
             lag = metric(text, "kvs_ingest_event_loop_lag_seconds")
+            if window[0] <= now <= window[1]:
+                lag_hist.append(lag_buckets(text))
             buffered = metric(text, "kvs_ingest_buffered_seconds")
             if buffered is not None and window[0] <= now <= window[1]:
                 step.buffered_max_s = max(buffered, 0 if math.isnan(step.buffered_max_s)
@@ -371,6 +397,10 @@ def run_step(design: str, n: int, seconds: float, rec_file: Path, rec: Recording
             lags = [s[3] * 1000 for s in steady if s[3] is not None]
             step.lag_p99_ms = percentile(lags, 0.99)
             step.lag_max_ms = max(lags) if lags else math.nan
+            if len(lag_hist) >= 2 and lag_hist[-1]:
+                # every probe in the window (10 a second), not just the scraped last value
+                step.lag_p99_ms = bucket_quantile(lag_hist[0], lag_hist[-1], 0.99)
+                step.lag_probes = int(lag_hist[-1][math.inf] - lag_hist[0].get(math.inf, 0))
             step.lag_series_ms = [round(x, 1) for x in lags]
             step.cpu_series = [
                 round((b[1] - a[1]) / (b[0] - a[0]), 3) for a, b in itertools.pairwise(samples)
@@ -477,7 +507,7 @@ def describe(step: Step) -> str:
     return (
         f"{step.design:3s} N={step.n:4d}  CPU/audio-s {step.cpu_per_audio_s * 1000:8.3f} ms  "
         f"spk/core {step.speakers_per_core:7.1f}  RSS/spk {step.rss_per_speaker_kib:7.1f} KiB  "
-        f"lag p99/max {step.lag_p99_ms:6.1f}/{step.lag_max_ms:6.1f} ms  "
+        f"lag p99/max {step.lag_p99_ms:6.1f}/{step.lag_max_ms:6.1f} ms ({step.lag_probes} probes)  "
         f"lat p50/p99/max {step.latency_p50:.2f}/{step.latency_p99:.2f}/{step.latency_max:.2f} s  "
         f"audio sent/persisted {step.audio_sent_s:.1f}/{step.audio_persisted_s:.1f} s  "
         f"late {step.max_late_s:.2f} s  errors {step.errors}  load {step.system_load}  "

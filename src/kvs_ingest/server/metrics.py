@@ -22,6 +22,7 @@ AUDIO_PERSISTED_SECONDS = Counter(
 )
 BYTES_IN = Counter("kvs_ingest_bytes_in_total", "Media bytes received from speakers")
 MESSAGES_IN = Counter("kvs_ingest_messages_in_total", "Speaker messages received", ["kind"])
+MEDIA_MESSAGES_IN = MESSAGES_IN.labels("media")  # bound once: counted on every message
 DECODE_ERRORS = Counter("kvs_ingest_decode_errors_total", "Sockets closed as undecodable (4415)")
 AUTH_FAILURES = Counter("kvs_ingest_auth_failures_total", "Refused handshakes", ["reason"])
 REFUSALS = Counter("kvs_ingest_refusals_total", "Sockets refused before media", ["close_code"])
