@@ -4,7 +4,6 @@ the speaker's session audits sample-exact, and the service's memory stays bounde
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kvs_ingest.media import MediaError, StreamDecoder
+from tests.rawws import connect_raw, frame, handshake
 
 from .conftest import (
     Recording,
@@ -333,44 +333,13 @@ async def test_client_that_never_reads(tmp_path: Path) -> None:
 # --- raw sockets ----------------------------------------------------------------------------
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (RFC 6455 §5.2)."""
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 1 << 16:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def raw_connect(stk: Stack, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stk.service.port))
-    return sock
+    return await connect_raw(stk.service.port, rcvbuf)
 
 
 async def raw_handshake(stk: Stack, session: str, rcvbuf: int | None = None) -> socket.socket:
     sock = await raw_connect(stk, rcvbuf)
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /v1/sessions/{session}/speaker?format=webm HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{stk.service.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {token(session)}\r\n\r\n"
-    )
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await asyncio.wait_for(loop.sock_recv(sock, 1), t(30))
-    assert head.startswith(b"HTTP/1.1 101"), head
+    await handshake(sock, stk.service.port, session, token=token(session), within=t(30))
     return sock
 
 

@@ -10,9 +10,7 @@ server's pong clock now runs only while it waits for the peer with nothing left 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from kvs_ingest.kvs.tuning import Tuning
 from kvs_ingest.media import StreamDecoder
 from kvs_ingest.server.app import ServerLimits
+from tests.rawws import connect_raw, frame, handshake
 
 from .chain import add_fault, chain, corpus_chunks, pcm_of, read_stream
 from .conftest import read_until_closed, speaker, t
@@ -101,39 +100,10 @@ async def test_a_peer_that_never_answers_pings_is_closed_4408(tmp_path: Path) ->
 # --- a raw client that never answers pings ------------------------------------------------
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (RFC 6455 §5.2)."""
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 1 << 16:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def raw_speaker(port: int, session: str) -> socket.socket:
     """A speaker socket past the opening handshake, with no WebSocket library behind it."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(
-        sock,
-        (
-            f"GET /v1/sessions/{session}/speaker?format=webm HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode(),
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await asyncio.wait_for(loop.sock_recv(sock, 1), t(20))
-    assert head.startswith(b"HTTP/1.1 101"), head
+    sock = await connect_raw(port)
+    await handshake(sock, port, session, token=None, within=t(20))
     return sock
 
 
