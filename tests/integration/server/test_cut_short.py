@@ -18,9 +18,18 @@ from kvs_ingest.server.app import CUT_SHORT_NORMAL, CUT_SHORT_NOTHING
 from kvs_ingest.server.errors import PUBLIC_MESSAGES, CloseCode
 
 from .chain import chain, corpus_chunks, pcm_of, read_stream
-from .conftest import read_until_closed, speaker
+from .conftest import Ending, read_until_closed, speaker
 
 CLUSTER = b"\x1f\x43\xb6\x75"  # the Matroska Cluster element id
+
+
+async def send_then_stop(url: str, messages: list[bytes], within: float = 60) -> Ending:
+    """Send `messages`, then `stop`; what the socket got until it closed."""
+    async with speaker(url) as ws:
+        for p in messages:
+            await ws.send(p)
+        await ws.send(json.dumps({"type": "stop"}))
+        return await read_until_closed(ws, within=within)
 
 
 def decoded_before_the_cut(chunks: list[bytes]) -> np.ndarray:
@@ -48,11 +57,7 @@ async def test_nothing_decodable_then_stop_is_4415(tmp_path: Path, query: str, m
     ended inside an incomplete element, close 4415, no ack, nothing in KVS."""
     pieces = media(corpus_chunks())
     async with chain(tmp_path) as c:
-        async with speaker(c.srv.ws_url("cut0", query)) as ws:
-            for p in pieces:
-                await ws.send(p)
-            await ws.send(json.dumps({"type": "stop"}))
-            ending = await read_until_closed(ws)
+        ending = await send_then_stop(c.srv.ws_url("cut0", query), pieces)
         blocks = await read_stream(c.emulator.url, "session-cut0")
     assert ending.code == 4415, (ending.code, ending.messages)
     assert ending.errors == [{"type": "error", "code": 4415, "message": CUT_SHORT_NOTHING}]
@@ -70,11 +75,7 @@ async def test_audio_then_a_cut_tail_is_persisted_acked_and_closed_1000(tmp_path
     want = decoded_before_the_cut(sent)
     assert len(want) > 16000  # seconds of audio at stake, not a corner case
     async with chain(tmp_path) as c:
-        async with speaker(c.srv.ws_url("cut1")) as ws:
-            for p in sent:
-                await ws.send(p)
-            await ws.send(json.dumps({"type": "stop"}))
-            ending = await read_until_closed(ws, within=60)
+        ending = await send_then_stop(c.srv.ws_url("cut1"), sent)
         got = pcm_of(await read_stream(c.emulator.url, "session-cut1"))
     assert (ending.code, ending.reason) == (1000, CUT_SHORT_NORMAL), ending
     assert ending.errors == []
@@ -88,9 +89,5 @@ async def test_a_whole_recording_closes_1000_with_the_plain_reason(tmp_path: Pat
     """The same recording whole: 1000 with the plain reason, so the note above means a cut."""
     chunks = corpus_chunks()
     async with chain(tmp_path) as c:
-        async with speaker(c.srv.ws_url("whole")) as ws:
-            for p in chunks:
-                await ws.send(p)
-            await ws.send(json.dumps({"type": "stop"}))
-            ending = await read_until_closed(ws, within=60)
+        ending = await send_then_stop(c.srv.ws_url("whole"), chunks)
     assert (ending.code, ending.reason) == (1000, PUBLIC_MESSAGES[CloseCode.NORMAL]), ending
