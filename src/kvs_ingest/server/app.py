@@ -88,7 +88,10 @@ class ServerLimits:
     """
 
     max_connections_per_client: int = 100  # per client address (X-Forwarded-For last hop)
-    finish_timeout: float = 60.0  # `stop` waits this long for PERSISTED, then 4503
+    # `stop` waits this long for PERSISTED, then 4503: KVS going quiet costs up to two stale
+    # connections (2 x 20 s, the second opened while acks were still withheld) plus the backlog
+    # they leave, which goes at the ack rate; 60 s was not enough in the 30-minute soak.
+    finish_timeout: float = 120.0
     handover_timeout: float = 10.0  # a replaced/draining socket has this long to hand over
     ping_interval: float = 20.0  # keeps idle proxies (ALB: 60 s) from dropping the socket
     # A ping unanswered this long *while the server waits for the peer* closes the socket 4408.
