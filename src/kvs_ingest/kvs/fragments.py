@@ -6,7 +6,7 @@ fragment metadata, then an unknown-size Cluster whose Timecode is absolute milli
 SimpleBlocks of `block_ms` each (key frames, timecodes relative to the Cluster and strictly
 increasing). A fragment is cut at the end of the write that brings it to `fragment_ms` (at most
 `max_fragment_ms`), or early by `close()` (speaker gone, idle, a gap). Blocks are emitted as
-soon as they are full, so the bytes can be streamed while the fragment is still open.
+soon as they are full (the ledger holds them; `SendCursor` sends a fragment once it is closed).
 
 Cutting at the end of a write rather than at exactly `fragment_ms` keeps each speaker message's
 audio in one fragment, so the message is acked when that fragment is PERSISTED instead of

@@ -311,7 +311,9 @@ class FragmentLedger:
 class SendCursor:
     """One PutMedia connection's position in the ledger: `next_bytes()` until it returns None.
 
-    The body is the connection header, then each fragment from `start` on, then an
+    The body is the connection header, then each fragment from `start` on, sent whole once it
+    is closed (one write per fragment rather than one per speaker message: KVS acks nothing of
+    a fragment before it is complete, so streaming it earlier gains no ack), then an
     END_OF_FRAGMENT tag whenever the body has caught up with a closed fragment (so KVS completes
     it without waiting for the next one). After `stop_at_boundary()` the cursor sends nothing
     that starts a new fragment; `drained` says the body can end.
@@ -357,6 +359,10 @@ class SendCursor:
                 continue
             if self._offset == 0 and not ledger.may_start(frag.seq):
                 # Waiting for an ack of the fragment last written: KVS must see it complete.
+                return self._end_of_fragment()
+            if self._offset == 0 and not frag.closed:
+                # A fragment goes out whole once complete: one write instead of one per
+                # speaker message, and KVS acks nothing earlier anyway.
                 return self._end_of_fragment()
             if self._offset < len(frag.data):
                 if self._offset == 0:
