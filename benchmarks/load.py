@@ -474,7 +474,7 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[Any]
     if spy is None:
         print("py-spy not found; no profile")
         return None
-    cmd = [spy, "record", "--nonblocking", "-r", "50", "-p", str(pid), "-d",
+    cmd = [spy, "record", "--nonblocking", "-r", "200", "-p", str(pid), "-d",
            str(max(1, int(seconds))), "-f", "raw", "-o", str(out)]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
