@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
@@ -38,17 +37,15 @@ from websockets.exceptions import ConnectionClosed
 from kvs_ingest.client.speak import chunk as cut_chunks
 from kvs_ingest.client.speak import encode
 from kvs_ingest.media import MediaError, StreamDecoder
-from kvs_ingest.mkv.ids import ID
-from kvs_ingest.mkv.reader import EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.server.auth import mint_token
 from tests.jsonlog import follow_json_log
+from tests.kvsread import read_blocks
 
 from .report import RESULTS_DIR, write_table
 
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "reliability-secret-reliability-secret-01"
-CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 RATE = 16_000
 TIMESLICE_MS = 250.0
 # Our resampler and ffmpeg's may differ by the last bit (measured: max |diff| 1 on Opus/48 kHz);
@@ -551,41 +548,6 @@ async def speak(
 
 
 @dataclass(frozen=True)
-class Block:
-    ms: int  # absolute timecode
-    pcm: bytes
-
-
-def _read_stream(endpoint: str, stream: str) -> tuple[list[Block], list[dict[str, Any]]]:
-    kv = boto3.client("kinesisvideo", endpoint_url=endpoint, **CREDS)
-    data_ep = kv.get_data_endpoint(StreamName=stream, APIName="LIST_FRAGMENTS")["DataEndpoint"]
-    am = boto3.client("kinesis-video-archived-media", endpoint_url=data_ep, **CREDS)
-    fragments: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"StreamName": stream}
-    while True:
-        page = am.list_fragments(**kwargs)
-        fragments += page["Fragments"]
-        if not page.get("NextToken"):
-            break
-        kwargs = {"StreamName": stream, "NextToken": page["NextToken"]}
-    fragments.sort(key=lambda f: int(f["FragmentNumber"]))
-    numbers = [f["FragmentNumber"] for f in fragments]
-    blocks: list[Block] = []
-    for i in range(0, len(numbers), 500):
-        body = am.get_media_for_fragment_list(StreamName=stream, Fragments=numbers[i : i + 500])
-        data = body["Payload"].read()
-        reader = EbmlReader()
-        cluster_ms = 0
-        for ev in reader.feed(data) + reader.close():
-            if isinstance(ev, Leaf) and ev.id == ID.TIMECODE:
-                cluster_ms = read_uint(ev.data)
-            elif isinstance(ev, Leaf) and ev.id == ID.SIMPLE_BLOCK:
-                b = parse_block(ev.data)
-                blocks.extend(Block(cluster_ms + b.timecode, f) for f in b.frames)
-    return blocks, fragments
-
-
-@dataclass(frozen=True)
 class Audit:
     """The sample-exact verdict on one stream against the speakers' recordings."""
 
@@ -668,7 +630,7 @@ async def audit(
     begins (the speaker was away); `drift_gap_ms` > 0 also allows the timeline's bounded
     forward drift corrections of up to that many ms at fragment boundaries.
     """
-    blocks, fragments = await asyncio.to_thread(_read_stream, endpoint, stream)
+    blocks, fragments = await asyncio.to_thread(read_blocks, endpoint, stream)
     got = np.frombuffer(b"".join(b.pcm for b in blocks), np.int16)
     expected = np.concatenate(list(segments)) if segments else np.zeros(0, np.int16)
     lost, dup = lost_and_duplicated(expected, got)

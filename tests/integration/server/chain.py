@@ -15,22 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import numpy as np
 
 from kvs_ingest.emulator import Emulator, EmulatorConfig
 from kvs_ingest.kvs.control import make_kvs
 from kvs_ingest.kvs.tuning import DEFAULT_TUNING, Tuning
-from kvs_ingest.mkv.ids import ID
-from kvs_ingest.mkv.reader import EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.server.app import ServerLimits
 from kvs_ingest.sessions import SessionRegistry
+from tests.kvsread import Block, read_blocks
 
 from .conftest import Running, running_server, t, test_settings
 
 REPO = Path(__file__).resolve().parents[3]
 CORPUS = REPO / "tests" / "data" / "browser" / "chromium"
-CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 
 @dataclass
@@ -88,43 +85,10 @@ def ffmpeg_pcm(data: bytes, *input_opts: str) -> np.ndarray:
     return np.frombuffer(done.stdout, np.int16)
 
 
-@dataclass(frozen=True)
-class Block:
-    ms: int  # absolute timecode
-    pcm: bytes
-
-
-def _read_stream(endpoint: str, stream: str) -> list[Block]:
-    kv = boto3.client("kinesisvideo", endpoint_url=endpoint, **CREDS)
-    data_ep = kv.get_data_endpoint(StreamName=stream, APIName="LIST_FRAGMENTS")["DataEndpoint"]
-    am = boto3.client("kinesis-video-archived-media", endpoint_url=data_ep, **CREDS)
-    numbers: list[str] = []
-    kwargs: dict[str, Any] = {"StreamName": stream}
-    while True:
-        page = am.list_fragments(**kwargs)
-        numbers += [f["FragmentNumber"] for f in page["Fragments"]]
-        if not page.get("NextToken"):
-            break
-        kwargs = {"StreamName": stream, "NextToken": page["NextToken"]}
-    numbers.sort(key=int)
-    if not numbers:
-        return []
-    body = am.get_media_for_fragment_list(StreamName=stream, Fragments=numbers)["Payload"].read()
-    reader = EbmlReader()
-    blocks: list[Block] = []
-    cluster_ms = 0
-    for ev in reader.feed(body) + reader.close():
-        if isinstance(ev, Leaf) and ev.id == ID.TIMECODE:
-            cluster_ms = read_uint(ev.data)
-        elif isinstance(ev, Leaf) and ev.id == ID.SIMPLE_BLOCK:
-            b = parse_block(ev.data)
-            blocks.extend(Block(cluster_ms + b.timecode, f) for f in b.frames)
-    return blocks
-
-
 async def read_stream(endpoint: str, stream: str) -> list[Block]:
     """Every block of `stream` in fragment order (boto3 runs off the loop)."""
-    return await asyncio.to_thread(_read_stream, endpoint, stream)
+    blocks, _ = await asyncio.to_thread(read_blocks, endpoint, stream)
+    return blocks
 
 
 def pcm_of(blocks: list[Block]) -> np.ndarray:
