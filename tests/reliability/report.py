@@ -2,7 +2,9 @@
 
 Each scenario writes artifacts/reliability/<scenario>.json (see conftest.record); this module
 turns all of them into the table between the markers in docs/RELIABILITY.md, so the page always
-shows the last measured figures. Run it alone with `python -m tests.reliability.report`.
+shows the last measured figures. A row whose scenario has no result here (the soak, in a fresh
+clone or a CI run that skips it) is kept as the page has it. Run it alone with
+`python -m tests.reliability.report`.
 """
 
 from __future__ import annotations
@@ -52,15 +54,24 @@ def table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _kept_rows(table_text: str, measured: set[str]) -> list[str]:
+    """Rows of the page's table for scenarios with no result file now."""
+    rows = [line for line in table_text.splitlines() if line.startswith("| ")]
+    return [r for r in rows[1:] if r.split("|")[1].strip() not in measured]
+
+
 def write_table() -> None:
     entries = [json.loads(p.read_text()) for p in sorted(RESULTS_DIR.glob("*.json"))]
-    entries.sort(key=lambda e: str(e["scenario"]))
     text = DOC.read_text() if DOC.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
     before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    DOC.write_text(f"{before}{BEGIN}\n{table(entries)}\n{END}{after}")
+    old, after = rest.split(END, 1)
+    kept = _kept_rows(old, {str(e["scenario"]) for e in entries})
+    lines = table(entries).splitlines()
+    body = sorted(lines[2:] + kept, key=lambda row: row.split("|")[1].strip())
+    rows = "\n".join(lines[:2] + body)
+    DOC.write_text(f"{before}{BEGIN}\n{rows}\n{END}{after}")
 
 
 if __name__ == "__main__":
