@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvs_ingest.client.speak import wait_for_close
+
 OPUS_RATE = 48_000
 
 
@@ -176,11 +178,7 @@ async def run_speaker(
                     await ws.send('{"type":"stop"}')
             except ConnectionClosed:
                 pass
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(receiver), stop_timeout)
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiver
+            await wait_for_close(receiver, stop_timeout)
             result.close_code = ws.close_code
     except Exception as exc:  # a refused or broken connection is a result, not a crash
         result.error = result.error or f"{type(exc).__name__}: {exc}"

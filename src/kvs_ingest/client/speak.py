@@ -211,14 +211,20 @@ async def speak(
                 await ws.send(json.dumps({"type": "stop"}))
         except ConnectionClosed:
             pass
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(receiver), stop_timeout)
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
+        await wait_for_close(receiver, stop_timeout)
         outcome.close_code = ws.close_code
         outcome.close_reason = ws.close_reason or ""
     return outcome
+
+
+async def wait_for_close(receiver: asyncio.Task[None], timeout: float) -> None:  # noqa: ASYNC109
+    """Give the task reading the socket `timeout` seconds to see the server's close (after
+    `stop` the server closes once everything is persisted), then stop it."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(receiver), timeout)
+    receiver.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await receiver
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
