@@ -85,26 +85,37 @@ async def closed_with(
     """Open a speaker socket, run `send` on it, return the close code the client saw (waiting
     up to `within` s for the close after `send`); its close reason is appended to `reasons`."""
     protocols = ["kvs-ingest.v1"] + ([f"bearer.{tok}"] if tok else [])
-    async with connect(
-        url,
-        subprotocols=protocols,
-        compression=None,
-        open_timeout=t(30),  # type: ignore[arg-type]
-        max_size=None,
-        close_timeout=t(10),
-        # No client keepalive: a flooding client's ping waits behind its own unread flood at the
-        # service, like the service's pong (the million test then ended 1006 on the client side).
-        ping_interval=None,
-    ) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            await send(ws)
-        with contextlib.suppress(ConnectionClosed, TimeoutError):
-            async with asyncio.timeout(t(within)):
-                async for _ in ws:
-                    pass
-        if reasons is not None:
-            reasons.append(ws.close_reason or "")
-        return int(ws.close_code or 0)
+    code, reason = 0, ""
+    try:
+        async with connect(
+            url,
+            subprotocols=protocols,
+            compression=None,
+            open_timeout=t(30),  # type: ignore[arg-type]
+            max_size=None,
+            close_timeout=t(10),
+            # No client keepalive: a flooding client's ping waits behind its own unread flood
+            # at the service, like the service's pong (the million test then ended 1006).
+            ping_interval=None,
+        ) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                await send(ws)
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                async with asyncio.timeout(t(within)):
+                    async for _ in ws:
+                        pass
+            code, reason = int(ws.close_code or 0), ws.close_reason or ""
+    except AttributeError as exc:
+        # The test client's own asyncio (not the service): when the peer closes while our write
+        # buffer still holds most of a huge message, the selector transport's deferred close
+        # can finish before websockets aborts it, and abort() then calls into a loop it has
+        # already let go ("'NoneType' object has no attribute 'call_soon'"; the same CPython
+        # race: agronholm/anyio#1250). The close code was read before; the socket is closed.
+        if "call_soon" not in str(exc) or not code:
+            raise
+    if reasons is not None:
+        reasons.append(reason)
+    return code
 
 
 def good_figures(verdicts: list[Verdict]) -> dict[str, Any]:
