@@ -83,6 +83,9 @@ class PutMediaConnection:
         self._connect_timeout = connect_timeout
         self.responded = False  # the 200 arrived: the connection was accepted
         self.aborted = False
+        # The response ended (KVS closed the connection, e.g. after 4003): the body must stop
+        # too, or aiohttp, which waits for the body before it lets the request go, never returns.
+        self.ended = False
         self._resp: aiohttp.ClientResponse | None = None
 
     def abort(self) -> None:
@@ -98,8 +101,14 @@ class PutMediaConnection:
         if resp is not None:
             resp.close()
 
-    async def run(self, body: AsyncIterator[bytes], on_ack: Callable[[AckEvent], None]) -> None:
-        """Send `body` and deliver acks; raises PutMediaRefused or PutMediaDropped."""
+    async def run(
+        self,
+        body: AsyncIterator[bytes],
+        on_ack: Callable[[AckEvent], None],
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Send `body` and deliver acks; raises PutMediaRefused or PutMediaDropped. When the
+        response ends, `ended` is set and `on_end` called: the body should then end."""
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
         )
@@ -120,9 +129,14 @@ class PutMediaConnection:
                 if self.aborted:
                     self.abort()
                 parser = AckParser()
-                async for chunk in resp.content.iter_any():
-                    for event in parser.feed(chunk):
-                        on_ack(event)
+                try:
+                    async for chunk in resp.content.iter_any():
+                        for event in parser.feed(chunk):
+                            on_ack(event)
+                finally:
+                    self.ended = True
+                    if on_end is not None:
+                        on_end()
                 parser.close()
         except AckError as exc:
             raise PutMediaDropped(f"unreadable ack stream: {exc}") from exc

@@ -284,6 +284,8 @@ class StreamUploader:
             while True:
                 if conn.aborted:
                     raise ConnectionAbortedError("PutMedia connection aborted")
+                if conn.ended:
+                    return  # KVS ended the response: nothing more can be read from this body
                 if not stopping[0] and time.monotonic() >= deadline:
                     # Rotation: finish the fragment in progress, then end this connection,
                     # even when a backlog means the body never catches up.
@@ -311,7 +313,11 @@ class StreamUploader:
                 if cursor.drained:
                     # Like the SDK: end the body only once the last fragment is PERSISTED.
                     limit = time.monotonic() + self.tuning.rotate_drain_seconds
-                    while self.ledger.awaiting_acks(conn_id) and time.monotonic() < limit:
+                    while (
+                        self.ledger.awaiting_acks(conn_id)
+                        and not conn.ended
+                        and time.monotonic() < limit
+                    ):
                         self._resolved_event.clear()
                         try:
                             await asyncio.wait_for(self._resolved_event.wait(), _TICK * 5)
@@ -329,7 +335,9 @@ class StreamUploader:
                 except TimeoutError:
                     pass
 
-        runner = asyncio.create_task(conn.run(body(), on_ack), name=f"putmedia:{conn_id}")
+        runner = asyncio.create_task(
+            conn.run(body(), on_ack, on_end=self._wake.set), name=f"putmedia:{conn_id}"
+        )
         try:
             return await self._watch(runner, conn, cursor, conn_id, progress, verdict)
         finally:
