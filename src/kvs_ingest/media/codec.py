@@ -25,7 +25,7 @@ _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: 
 class AudioDecoder:
     """Packets of one segment in, s16le mono 16 kHz bytes out.
 
-    `decode()` for each packet, `flush()` once at the segment's end (returns the tail held in
+    `decode_many()` for each batch of packets, `flush()` once at the segment's end (returns the tail held in
     the codec and the resampler). A MediaError leaves the object unusable.
     """
 
@@ -52,14 +52,10 @@ class AudioDecoder:
     def _new_resampler() -> Resampler:
         return Resampler()
 
-    def decode(self, packet: bytes, discard: int = 0) -> bytes:
-        """Decode one packet; drop `discard` samples (codec rate) from the end of its output."""
-        return self.decode_many([(packet, discard)])
-
     def decode_many(self, packets: Sequence[tuple[bytes, int]]) -> bytes:
-        """`decode` for several packets (data, discard) at once: the resampler is pulled once
-        for all of them (one message's packets), which costs less than once per packet and
-        gives the same samples."""
+        """Decode packets (data, discard: samples at the codec rate dropped from the end of that
+        packet's output). The resampler is pulled once for all of them (one message's packets),
+        which costs less than once per packet and gives the same samples."""
         frames: list[av.AudioFrame] = []
         for packet, discard in packets:
             try:

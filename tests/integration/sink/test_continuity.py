@@ -76,6 +76,19 @@ async def test_new_process_continues_after_what_kvs_stores(start_sink: StartSink
     assert calls[-1] == 3 * 16000
 
 
+async def deny_list_fragments(sink: Sink, count: int) -> None:
+    """The next `count` ListFragments calls fail 403 (a task role without the permission)."""
+    await sink.fault(
+        {
+            "kind": "fail",
+            "api": "ListFragments",
+            "count": count,
+            "status": 403,
+            "error": "AccessDeniedException",
+        }
+    )
+
+
 async def test_first_send_refused_as_out_of_order_is_retimed_not_lost(
     start_sink: StartSink,
 ) -> None:
@@ -84,15 +97,7 @@ async def test_first_send_refused_as_out_of_order_is_retimed_not_lost(
     again, and the speaker's acks advance only once it is really PERSISTED."""
     async with start_sink() as sink:
         await run_ahead(sink, "net", 12)
-        await sink.fault(
-            {
-                "kind": "fail",
-                "api": "ListFragments",
-                "count": 1,
-                "status": 403,
-                "error": "AccessDeniedException",
-            }
-        )
+        await deny_list_fragments(sink, 1)
         async with another_process(sink) as registry:
             calls = await continue_in(registry, "net", 3)
             session = registry.get("net")
@@ -111,15 +116,7 @@ async def test_retime_steps_forward_when_the_end_cannot_be_learned(start_sink: S
     until KVS takes them; an explicit gap, nothing lost, nothing out of order."""
     async with start_sink() as sink:
         await run_ahead(sink, "step", 12)
-        await sink.fault(
-            {
-                "kind": "fail",
-                "api": "ListFragments",
-                "count": 50,
-                "status": 403,
-                "error": "AccessDeniedException",
-            }
-        )
+        await deny_list_fragments(sink, 50)
         async with another_process(sink, retime_step_ms=3_000) as registry:
             await continue_in(registry, "step", 2)
         await sink.clear_faults()
