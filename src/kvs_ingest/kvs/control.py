@@ -26,6 +26,7 @@ from kvs_ingest.kvs.limits import STREAM_MEDIA_TYPE
 from kvs_ingest.kvs.metrics import CONTROL_CALLS
 from kvs_ingest.kvs.tuning import DEFAULT_TUNING, Tuning
 from kvs_ingest.logging import get_logger
+from kvs_ingest.pacing import TurnPacer
 
 log = get_logger(__name__)
 
@@ -96,6 +97,9 @@ class KvsControl:
         self._use_emulator_keys = use_emulator_keys
         self._retention_hours = retention_hours
         self.tuning = tuning
+        # botocore builds and signs each request on the loop: a burst of sessions opening
+        # together would otherwise start all their calls in one iteration (kvs_ingest.pacing).
+        self._pacer = TurnPacer(tuning.control_calls_per_turn)
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
@@ -146,6 +150,26 @@ class KvsControl:
                 )
             return self._client
 
+    async def warm_up(self) -> None:
+        """Build the botocore clients and credential chain before the first speaker arrives.
+
+        botocore builds a client synchronously: it scans its data directory and parses the
+        service model and endpoint rules (40-100 ms of CPU). Done lazily, that ran inside the
+        first sessions' set-up and held the event loop past 50 ms while other speakers waited.
+        Nothing here talks to KVS; credentials that cannot be found yet are not an error here
+        (the first call reports them, and /readyz says so).
+        """
+        await self.client()
+        with contextlib.suppress(ControlPlaneError):
+            await self.credentials()
+        # The archived-media model, for ListFragments when a session resumes: building and
+        # dropping one client leaves the parsed model in the session's loader cache.
+        await self._archived_client(self.endpoint_url or "https://localhost")
+        async with self._archived_lock:
+            while self._archived:
+                _, (manager, _client) = self._archived.popitem()
+                await manager.__aexit__(None, None, None)
+
     async def credentials(self) -> FrozenCredentials:
         """Fresh frozen credentials from the chain, for one PutMedia connection."""
         await self._ensure_keys()
@@ -166,6 +190,7 @@ class KvsControl:
         attempts = max(1, self.tuning.control_attempts)
         for attempt in range(attempts):
             try:
+                await self._pacer.turn()
                 result: dict[str, Any] = await method(**params)
             except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
                 retry = _retryable(exc)
@@ -305,6 +330,7 @@ class KvsControl:
         attempt = 0
         while True:
             try:
+                await self._pacer.turn()
                 page: dict[str, Any] = await client.list_fragments(**params)
             except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
                 code = _error_code(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__

@@ -25,6 +25,9 @@ class Tuning:
     backoff_cap: float = 5.0
     # Control plane: attempts per call for throttling / 5xx, and the bound on waiting for ACTIVE.
     control_attempts: int = 6
+    # ...and how many control-plane requests may start in one event-loop iteration (botocore
+    # prepares each on the loop, 1-5 ms of CPU: kvs_ingest.pacing).
+    control_calls_per_turn: int = 2
     active_timeout: float = 60.0
     # A speaker's write waits at most this long for room in a full ledger (then BufferFull).
     buffer_wait_seconds: float = 10.0

@@ -84,6 +84,22 @@ async def test_control_plane_down_is_kvs_unavailable(start_sink: StartSink) -> N
         assert not sink.registry.healthy
 
 
+async def test_warm_up_builds_the_clients_without_a_request(start_sink: StartSink) -> None:
+    """`serve` warms the control plane up before it listens (botocore builds a client in
+    40-100 ms of CPU, which would otherwise stall the loop inside the first sessions): it
+    sends no request, so a KVS that is down cannot stop the service from starting."""
+    from kvs_ingest.config import load_settings
+    from kvs_ingest.kvs.control import make_kvs
+
+    async with start_sink() as sink:
+        await sink.kvs.warm_up()
+        stats = await sink.stats()
+    assert not any(stats["calls"].values()), stats["calls"]
+    nothing_listens = load_settings(kvs_backend="endpoint", kvs_endpoint_url="http://127.0.0.1:9")
+    async with make_kvs(nothing_listens) as kvs:
+        await asyncio.wait_for(kvs.warm_up(), t(10))
+
+
 async def put_once(sink: Sink, credentials: FrozenCredentials, stream: str) -> list[str]:
     """One tiny PutMedia with the given keys; the ack event types it got."""
     await sink.kvs.ensure_stream(stream)
