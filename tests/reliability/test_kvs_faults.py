@@ -226,8 +226,10 @@ async def test_connections_refused_30s_buffer_absorbs(tmp_path: Path) -> None:
 
 
 async def test_refused_until_buffer_full_gets_4503(tmp_path: Path) -> None:
-    """KVS refuses long enough to fill a 10 s buffer: the speaker gets 4503; when KVS returns,
-    everything the session accepted before is in the stream, exactly once and in order."""
+    """KVS refuses long enough to fill a 10 s buffer: the speaker gets 4503, whose `error` says
+    which messages the service holds (`held_seq`). When KVS returns, all of them are in the
+    stream, and the speaker resends only the audio after them: the session then holds the
+    whole recording, nothing missing, nothing twice."""
     stream = STREAM.format("full")
     rec = recording(60, 50)
     async with stack(tmp_path, buffer_max_seconds=10) as stk:
@@ -248,21 +250,31 @@ async def test_refused_until_buffer_full_gets_4503(tmp_path: Path) -> None:
 
             await wait_for(flushed, 120, "the ledger to empty once KVS is back", step=0.25)
             recovery = time.monotonic() - recovered
-        blocks_a = await audit(stk.emulator.url, stream, [rec.ours[:0]])
-        got = blocks_a.got_samples
-        a = await audit(
+        got = (await audit(stk.emulator.url, stream, [rec.ours[:0]])).got_samples
+        held_seq = out.errors[0]["held_seq"]
+        held = rec.acked[held_seq] if held_seq >= 0 else 0
+        kept = await audit(
             stk.emulator.url, stream, [rec.ours[:got]], ffmpeg_segments=[rec.ffmpeg[:got]]
         )
+        # The speaker follows the table: reconnect, resend what comes after held_seq.
+        rest = recording(round((len(rec.ours) - held) / 16_000, 4), 50, offset=held * 3)
+        out2 = await speak(stk.service.ws_url("full"), token("full"), rest.chunks, speed=4)
+        a = await audit(stk.emulator.url, stream, [rec.ours[:held], rest.ours])
     assert fault["kind"] == "refuse_connections"
     assert [e["code"] for e in out.errors] == [4503]
-    assert a.clean, a  # what is there is an exact prefix of the recording, no hole, no repeat
+    assert kept.clean, kept  # what is there is an exact prefix of the recording, no hole, no repeat
     assert got >= 9 * 16_000, got  # the whole buffer's worth was kept (10 s, one fragment slack)
-    assert got <= len(rec.decode_prefix(out.sent)), got
+    assert got == held, (got, held, held_seq)  # held_seq told the speaker exactly what was kept
+    assert held_seq < out.sent - 1, (held_seq, out.sent)  # some were sent and not held
+    assert out2.close_code == 1000, out2.errors
+    assert a.clean, a  # after the resend: the whole recording, exactly once
     record(
         "kvs-refused-buffer-full",
-        "KVS down past the buffer: 4503, all accepted kept",
+        "KVS down past the buffer: 4503 says what is held; resending the rest loses and repeats nothing",
         **a.figures(),
         samples_kept=got,
+        held_seq=held_seq,
+        messages_sent=out.sent,
         recovery_s=round(recovery, 1),
         max_buffered_s=max(series["buffered"], default=None),
     )

@@ -450,7 +450,13 @@ class SpeakerConnection:
             # now, with the code of the request that gave up (4409 or 1012).
             self._detach()
             wanted = self._stop.result() if self._stop.done() else Draining()
-            await _close(self.ws, wanted.code, wanted.hint, notice_sent=self.notice_sent)
+            await _close(
+                self.ws,
+                wanted.code,
+                wanted.hint,
+                notice_sent=self.notice_sent,
+                held_seq=self.protocol.held_seq,
+            )
             metrics.CONNECTIONS_TOTAL.labels(str(int(wanted.code))).inc()
             raise
         except Exception as exc:
@@ -473,7 +479,13 @@ class SpeakerConnection:
         self._detach()
         metrics.CONNECTIONS_TOTAL.labels(str(int(code)) if code else "client").inc()
         if code is not None:
-            await _close(self.ws, code, message, notice_sent=self.notice_sent)
+            await _close(
+                self.ws,
+                code,
+                message,
+                notice_sent=self.notice_sent,
+                held_seq=self.protocol.held_seq,
+            )
 
     def _detach(self) -> None:
         """The socket lets go of the session; a waiting newer socket may attach now."""
@@ -600,11 +612,13 @@ class SpeakerConnection:
             await self.ws.send(error_message(int(error.code), error.hint))
 
     async def _write(self, seq: int, pcms: Sequence[Any], *, rate_check: bool) -> None:
+        """One message's audio goes to the session in one write: it is held whole or not at
+        all (a full ledger raises before it), so `held_seq` in an `error` is exact."""
         assert self.speaker is not None
-        samples = 0
-        for pcm in pcms:
-            await self.speaker.write(pcm.data)
-            samples += pcm.samples
+        samples = sum(pcm.samples for pcm in pcms)
+        if samples:
+            data = pcms[0].data if len(pcms) == 1 else b"".join(pcm.data for pcm in pcms)
+            await self.speaker.write(data)
         self.protocol.decoded(seq, samples)
         seconds = samples / SAMPLE_RATE
         metrics.AUDIO_IN_SECONDS.inc(seconds)
@@ -741,12 +755,18 @@ async def _refuse(ws: ServerConnection, error: PeerError) -> None:
 
 
 async def _close(
-    ws: ServerConnection, code: CloseCode, message: str, *, notice_sent: bool = False
+    ws: ServerConnection,
+    code: CloseCode,
+    message: str,
+    *,
+    notice_sent: bool = False,
+    held_seq: int | None = None,
 ) -> None:
-    """Send the JSON `error` (once) and close with `code`."""
+    """Send the JSON `error` (once; with `held_seq` for a socket that got `ready`) and close
+    with `code`."""
     with contextlib.suppress(ConnectionClosed):
         if code is not CloseCode.NORMAL and not notice_sent:
-            await ws.send(error_message(int(code), message))
+            await ws.send(error_message(int(code), message, held_seq))
         await ws.close(int(code), _reason(message))
 
 

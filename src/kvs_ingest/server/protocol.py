@@ -159,8 +159,14 @@ def ready_message(session_id: str, stream_name: str, fmt: str | None) -> str:
     )
 
 
-def error_message(code: int, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
+def error_message(code: int, message: str, held_seq: int | None = None) -> str:
+    """The `error` sent before a close. A socket that got `ready` adds `held_seq`: every frame
+    completed by messages <= held_seq is in the session and goes to KVS (acked or not yet),
+    so after a 4503 the client resends only the messages after it (-1: nothing is held)."""
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if held_seq is not None:
+        body["held_seq"] = held_seq
+    return json.dumps(body)
 
 
 class SpeakerProtocol:
@@ -178,6 +184,7 @@ class SpeakerProtocol:
         self.samples = 0  # samples decoded so far on this socket
         self.stopped = False
         self._acked_seq = -1
+        self._held_seq = -1
         self._persisted = 0
         # (seq, cumulative samples once seq is decoded), in seq order, not yet acked.
         self._pending: deque[tuple[int, int]] = deque()
@@ -189,6 +196,12 @@ class SpeakerProtocol:
     @property
     def persisted_samples(self) -> int:
         return self._persisted
+
+    @property
+    def held_seq(self) -> int:
+        """The last message whose decoded audio the session has (-1: none): written, so it
+        reaches KVS whatever becomes of this socket."""
+        return self._held_seq
 
     def receive(self, message: bytes | str) -> ClientEvent:
         """Classify one message; raises `ProtocolViolation` or `MessageTooBig`."""
@@ -229,6 +242,7 @@ class SpeakerProtocol:
         if seq < 0 or seq >= self.next_seq or samples < 0:
             raise ValueError("decoded() for a message not received")
         self.samples += samples
+        self._held_seq = max(self._held_seq, seq)
         if self._pending and self._pending[-1][0] == seq:
             self._pending[-1] = (seq, self.samples)
         else:

@@ -60,7 +60,10 @@ async def test_nothing_decodable_then_stop_is_4415(tmp_path: Path, query: str, m
         ending = await send_then_stop(c.srv.ws_url("cut0", query), pieces)
         blocks = await read_stream(c.emulator.url, "session-cut0")
     assert ending.code == 4415, (ending.code, ending.messages)
-    assert ending.errors == [{"type": "error", "code": 4415, "message": CUT_SHORT_NOTHING}]
+    # held_seq 0: the one message was read (it completed no frame, so nothing is stored)
+    assert ending.errors == [
+        {"type": "error", "code": 4415, "message": CUT_SHORT_NOTHING, "held_seq": 0}
+    ]
     assert "incomplete element" in ending.errors[0]["message"]
     assert ending.acks == []
     assert blocks == []

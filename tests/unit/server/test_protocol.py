@@ -17,6 +17,7 @@ from kvs_ingest.server.protocol import (
     SpeakerProtocol,
     SpeakerRequest,
     Stop,
+    error_message,
     parse_speaker_request,
     query_token,
 )
@@ -115,6 +116,32 @@ def test_finished_acks_the_last_message() -> None:
     p2.receive(b"m")
     p2.decoded(0, 800)
     assert p2.finished() == Ack(0, 50)
+
+
+def test_held_seq_is_the_last_message_handed_to_the_session() -> None:
+    """`held_seq` (sent in an `error` before a close) counts written messages, not received or
+    persisted ones: after a 4503 the client resends exactly the messages after it."""
+    p = proto()
+    assert p.held_seq == -1
+    for _ in range(3):
+        p.receive(b"m")
+    p.decoded(0, 0)  # a header: held (nothing to resend), though no audio
+    assert p.held_seq == 0
+    p.decoded(1, 4000)
+    assert p.held_seq == 1  # message 2 was received but not written: not held
+    assert p.persisted(0) == Ack(0, 0)  # acked: the header; held: message 1 as well
+    p.decoded(1, 50)  # the codec's tail, written for the last message again
+    assert p.held_seq == 1
+
+
+def test_error_message_carries_held_seq_only_when_given() -> None:
+    assert json.loads(error_message(4503, "full", 7)) == {
+        "type": "error",
+        "code": 4503,
+        "message": "full",
+        "held_seq": 7,
+    }
+    assert "held_seq" not in json.loads(error_message(4401, "bad token"))
 
 
 @given(st.lists(st.integers(0, 5000), min_size=1, max_size=30), st.data())
