@@ -109,9 +109,9 @@ async def open_backend(settings: Settings) -> AsyncIterator[Backend]:
         log.info("kvs_backend", backend="aws")
     kvs = make_kvs(settings, endpoint_url=url)
     try:
-        await kvs.warm_up()
         if hasattr(kvs, "__aenter__"):
             async with kvs as entered:
+                await entered.warm_up()
                 yield Backend(entered, emulator, url)
         else:
             yield Backend(kvs, emulator, url)
@@ -159,7 +159,8 @@ def _freeze_startup_objects() -> None:
 
     Modules, botocore's service models and the codec tables are ~110 000 objects that live
     as long as the process. A full (generation 2) collection walks every one of them, with
-    the GIL held: 60-80 ms with the event loop stopped, once or twice a minute under load.
+    the GIL held: 60-80 ms with the event loop stopped (once in most 3-second runs of the
+    loop-lag scenario, tests/reliability).
     Frozen (gc.freeze, Python >= 3.7) they are never walked again; a full collection then
     costs what serving allocated. Collected first, so start-up's garbage is not kept.
     """
