@@ -271,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
         "last_ack_seq": last.get("seq"),
         "persisted_ms": last.get("persisted_ms"),
         "close_code": outcome.close_code,
+        # after an error close: the chunks after this one are the ones to send again
+        "held_seq": outcome.errors[-1].get("held_seq") if outcome.errors else None,
         "seconds": round(time.monotonic() - started, 3),
     }
     print(json.dumps(summary), flush=True)
