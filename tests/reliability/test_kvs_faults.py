@@ -267,6 +267,7 @@ async def test_refused_until_buffer_full_gets_4503(tmp_path: Path) -> None:
     assert got == held, (got, held, held_seq)  # held_seq told the speaker exactly what was kept
     assert held_seq < out.sent - 1, (held_seq, out.sent)  # some were sent and not held
     assert out2.close_code == 1000, out2.errors
+    assert out.ready and out2.ready and out2.ready["instance"] == out.ready["instance"]
     assert a.clean, a  # after the resend: the whole recording, exactly once
     record(
         "kvs-refused-buffer-full",

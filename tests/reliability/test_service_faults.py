@@ -59,6 +59,8 @@ async def test_sigterm_mid_stream_drain_persists_everything(tmp_path: Path) -> N
     assert code == 0
     assert out.sent < len(first.chunks)
     assert out2.close_code == 1000, out2.errors
+    # another process: what the killed one held is not to be counted on (resend after the ack)
+    assert out.ready and out2.ready and out2.ready["instance"] != out.ready["instance"]
     assert a.clean, a
     assert len(a.gaps) == 1  # the reconnect, and nowhere else
 
@@ -102,6 +104,8 @@ async def test_sigkill_mid_stream_loss_bounded_by_acks(tmp_path: Path) -> None:
     assert out.acks, "no ack before the kill"
     assert acked <= kept <= sent_samples, (acked, kept, sent_samples)
     assert out2.close_code == 1000, out2.errors
+    # another process: what the killed one held is not to be counted on (resend after the ack)
+    assert out.ready and out2.ready and out2.ready["instance"] != out.ready["instance"]
     assert a.clean, a
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import ssl
 import time
 import weakref
@@ -161,6 +162,9 @@ class IngestServer:
         self._per_client: dict[str, int] = {}
         self._lag_task: asyncio.Task[None] | None = None
         self._next_conn_id = 0
+        # Random per process: tells a reconnecting client whether the process that holds its
+        # audio (an `error`'s held_seq) is the one it talks to now.
+        self.instance = secrets.token_hex(8)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -438,7 +442,12 @@ class SpeakerConnection:
             self.speaker = session.attach(self._on_persisted)
             ack_task = asyncio.create_task(self._send_acks())
             await self.ws.send(
-                ready_message(self.session_id, session.stream_name, self.request.format)
+                ready_message(
+                    self.session_id,
+                    session.stream_name,
+                    self.request.format,
+                    self.server.instance,
+                )
             )
             self.log.info("speaker_ready", stream=session.stream_name)
             message = await self._read_loop()

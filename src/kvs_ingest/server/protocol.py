@@ -147,7 +147,9 @@ class Ack:
 ClientEvent = Media | Stop | Keepalive
 
 
-def ready_message(session_id: str, stream_name: str, fmt: str | None) -> str:
+def ready_message(session_id: str, stream_name: str, fmt: str | None, instance: str) -> str:
+    """`instance` names the process: audio a socket left held (`held_seq`) is written by that
+    process, so a client whose next `ready` names another instance cannot count on it."""
     return json.dumps(
         {
             "type": "ready",
@@ -155,6 +157,7 @@ def ready_message(session_id: str, stream_name: str, fmt: str | None) -> str:
             "session": session_id,
             "stream": stream_name,
             "format": fmt or "auto",
+            "instance": instance,
         }
     )
 

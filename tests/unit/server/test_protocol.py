@@ -20,6 +20,7 @@ from kvs_ingest.server.protocol import (
     error_message,
     parse_speaker_request,
     query_token,
+    ready_message,
 )
 
 
@@ -132,6 +133,18 @@ def test_held_seq_is_the_last_message_handed_to_the_session() -> None:
     assert p.persisted(0) == Ack(0, 0)  # acked: the header; held: message 1 as well
     p.decoded(1, 50)  # the codec's tail, written for the last message again
     assert p.held_seq == 1
+
+
+def test_ready_names_the_process_instance() -> None:
+    ready = json.loads(ready_message("s1", "session-s1", None, "0123abcd"))
+    assert ready == {
+        "type": "ready",
+        "protocol": "kvs-ingest.v1",
+        "session": "s1",
+        "stream": "session-s1",
+        "format": "auto",
+        "instance": "0123abcd",
+    }
 
 
 def test_error_message_carries_held_seq_only_when_given() -> None:
