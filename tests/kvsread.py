@@ -19,9 +19,9 @@ class Block:
     pcm: bytes
 
 
-def read_blocks(endpoint: str, stream: str) -> tuple[list[Block], list[dict[str, Any]]]:
-    """Every block of `stream` in fragment-number order, and the fragments ListFragments gave
-    (blocking: call it off the event loop)."""
+def list_fragments(endpoint: str, stream: str) -> tuple[Any, list[dict[str, Any]]]:
+    """An archived-media client for `stream` and every fragment ListFragments gives (all pages,
+    unsorted; blocking)."""
     kv = boto3.client("kinesisvideo", endpoint_url=endpoint, **CREDS)
     data_ep = kv.get_data_endpoint(StreamName=stream, APIName="LIST_FRAGMENTS")["DataEndpoint"]
     am = boto3.client("kinesis-video-archived-media", endpoint_url=data_ep, **CREDS)
@@ -31,8 +31,14 @@ def read_blocks(endpoint: str, stream: str) -> tuple[list[Block], list[dict[str,
         page = am.list_fragments(**kwargs)
         fragments += page["Fragments"]
         if not page.get("NextToken"):
-            break
+            return am, fragments
         kwargs = {"StreamName": stream, "NextToken": page["NextToken"]}
+
+
+def read_blocks(endpoint: str, stream: str) -> tuple[list[Block], list[dict[str, Any]]]:
+    """Every block of `stream` in fragment-number order, and the fragments ListFragments gave
+    (blocking: call it off the event loop)."""
+    am, fragments = list_fragments(endpoint, stream)
     fragments.sort(key=lambda f: int(f["FragmentNumber"]))
     numbers = [f["FragmentNumber"] for f in fragments]
     blocks: list[Block] = []

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import numpy as np
 import pytest
 
@@ -26,9 +25,9 @@ from kvs_ingest.kvs.control import KvsControl, make_kvs
 from kvs_ingest.kvs.tuning import Tuning
 from kvs_ingest.mkv import ID, EbmlReader, Leaf, parse_block, read_uint
 from kvs_ingest.sessions import Session, SessionRegistry, Speaker
+from tests.kvsread import list_fragments
 
 TIME_FACTOR = float(os.environ.get("KVS_INGEST_TEST_TIME_FACTOR", "1"))
-CREDS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 FAST = Tuning(
     ack_timeout=2.0,
     idle_fragment_seconds=1.0,
@@ -107,17 +106,7 @@ class ReadBack:
 
 def read_back(url: str, stream: str) -> ReadBack:
     """ListFragments + GetMediaForFragmentList with boto3, sorted by producer time."""
-    kv = boto3.client("kinesisvideo", endpoint_url=url, **CREDS)
-    lf = kv.get_data_endpoint(StreamName=stream, APIName="LIST_FRAGMENTS")["DataEndpoint"]
-    am = boto3.client("kinesis-video-archived-media", endpoint_url=lf, **CREDS)
-    frags = []
-    params: dict[str, Any] = {"StreamName": stream}
-    while True:
-        page = am.list_fragments(**params)
-        frags += page["Fragments"]
-        if not page.get("NextToken"):
-            break
-        params["NextToken"] = page["NextToken"]
+    am, frags = list_fragments(url, stream)
     frags.sort(key=lambda f: f["ProducerTimestamp"])
     if not frags:
         return ReadBack(b"", [], [], [])
