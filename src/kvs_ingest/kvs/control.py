@@ -117,10 +117,7 @@ class KvsControl:
         await self.close()
 
     async def close(self) -> None:
-        async with self._archived_lock:
-            while self._archived:
-                _, (manager, _client) = self._archived.popitem()
-                await manager.__aexit__(None, None, None)
+        await self._close_archived_clients()
         await self._stack.aclose()
         self._client = None
 
@@ -165,6 +162,9 @@ class KvsControl:
         # The archived-media model, for ListFragments when a session resumes: building and
         # dropping one client leaves the parsed model in the session's loader cache.
         await self._archived_client(self.endpoint_url or "https://localhost")
+        await self._close_archived_clients()
+
+    async def _close_archived_clients(self) -> None:
         async with self._archived_lock:
             while self._archived:
                 _, (manager, _client) = self._archived.popitem()

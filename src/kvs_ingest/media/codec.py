@@ -25,8 +25,8 @@ _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: 
 class AudioDecoder:
     """Packets of one segment in, s16le mono 16 kHz bytes out.
 
-    `decode_many()` for each batch of packets, `flush()` once at the segment's end (returns the tail held in
-    the codec and the resampler). A MediaError leaves the object unusable.
+    `decode_many()` for each batch of packets, `flush()` once at the segment's end (returns the
+    tail held in the codec and the resampler). A MediaError leaves the object unusable.
     """
 
     def __init__(self, setup: CodecSetup) -> None:

@@ -459,13 +459,7 @@ class SpeakerConnection:
             # now, with the code of the request that gave up (4409 or 1012).
             self._detach()
             wanted = self._stop.result() if self._stop.done() else Draining()
-            await _close(
-                self.ws,
-                wanted.code,
-                wanted.hint,
-                notice_sent=self.notice_sent,
-                held_seq=self.protocol.held_seq,
-            )
+            await self._close(wanted.code, wanted.hint)
             metrics.CONNECTIONS_TOTAL.labels(str(int(wanted.code))).inc()
             raise
         except Exception as exc:
@@ -488,13 +482,13 @@ class SpeakerConnection:
         self._detach()
         metrics.CONNECTIONS_TOTAL.labels(str(int(code)) if code else "client").inc()
         if code is not None:
-            await _close(
-                self.ws,
-                code,
-                message,
-                notice_sent=self.notice_sent,
-                held_seq=self.protocol.held_seq,
-            )
+            await self._close(code, message)
+
+    async def _close(self, code: CloseCode, message: str) -> None:
+        """The `error` (unless the drain's notice was it) says what this socket left held."""
+        await _close(
+            self.ws, code, message, notice_sent=self.notice_sent, held_seq=self.protocol.held_seq
+        )
 
     def _detach(self) -> None:
         """The socket lets go of the session; a waiting newer socket may attach now."""
@@ -771,8 +765,8 @@ async def _close(
     notice_sent: bool = False,
     held_seq: int | None = None,
 ) -> None:
-    """Send the JSON `error` (once; with `held_seq` for a socket that got `ready`) and close
-    with `code`."""
+    """Send the JSON `error` (once; with `held_seq` for a speaker socket, not a refusal) and
+    close with `code`."""
     with contextlib.suppress(ConnectionClosed):
         if code is not CloseCode.NORMAL and not notice_sent:
             await ws.send(error_message(int(code), message, held_seq))
